@@ -1,0 +1,43 @@
+"""vlm-chunker: split long multi-image conversations into windows that never cut an image span."""
+
+from .errors import (
+    ChunkerError,
+    ConfigError,
+    EmptyBatchError,
+    EmptyConversationError,
+    ImageCountError,
+    ImageDecodeError,
+    ImageTokenCountError,
+    ImageTokenMismatchError,
+    InvalidTokenError,
+    OversizeSpanError,
+    PixelMismatchError,
+    PrefixError,
+    RowFormatError,
+    SourceError,
+    SpanError,
+    UnsupportedProcessorError,
+)
+from .plan import Window, plan_windows
+from .spans import Spans, find_image_spans
+from .spec import ImageSpanSpec
+from .splitter import SplitStats, WindowSplitter
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name == "WindowCollator":
+        from .collator import WindowCollator
+
+        return WindowCollator
+    raise AttributeError(f"module 'chunker' has no attribute {name!r}")
+
+
+__all__ = [
+    "ChunkerError", "ConfigError", "EmptyBatchError", "EmptyConversationError", "ImageCountError",
+    "ImageDecodeError", "ImageTokenCountError", "ImageTokenMismatchError", "InvalidTokenError",
+    "OversizeSpanError", "PixelMismatchError", "PrefixError", "RowFormatError", "SourceError", "SpanError",
+    "UnsupportedProcessorError", "ImageSpanSpec", "Spans", "find_image_spans", "Window", "plan_windows",
+    "WindowSplitter", "SplitStats", "WindowCollator",
+]

@@ -1,0 +1,125 @@
+"""The loss mask of a whole conversation, computed before any cut, and the labels of each window."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ConfigError, RowFormatError
+from .spans import Spans
+
+IGNORE = -100
+TRAIN_ON = ("assistant", "all")
+
+
+def find_marker(ids: np.ndarray, marker) -> np.ndarray:
+    """Start positions of every occurrence of the token sequence `marker` in `ids` (vectorized).
+
+    Example:
+        >>> find_marker(np.array([1, 2, 3, 1, 2]), (1, 2)).tolist()
+        [0, 3]
+    """
+    m = len(marker)
+    if m == 0 or len(ids) < m:
+        return np.zeros(0, dtype=np.int64)
+    view = np.lib.stride_tricks.sliding_window_view(ids, m)
+    return np.flatnonzero((view == np.asarray(marker, dtype=ids.dtype)).all(axis=1))
+
+
+def media_mask(n: int, spans: Spans) -> np.ndarray:
+    """True on every position inside a media span."""
+    delta = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(delta, spans.starts, 1)
+    np.add.at(delta, spans.ends, -1)
+    return np.cumsum(delta)[:-1] > 0
+
+
+def loss_mask(ids, spans: Spans, *, train_on="assistant", instruction_ids=(), response_ids=(), row=None):
+    """Which positions carry loss in the whole conversation, before any window is cut.
+
+    Args:
+        ids: token ids of the whole conversation.
+        spans: its media spans; media positions never carry loss.
+        train_on: "assistant" (tokens after each response marker up to the next instruction marker,
+            the end-of-turn token included) or "all" (every non-media token).
+        instruction_ids, response_ids: the family's turn markers (`ImageSpanSpec`).
+        row: the row's name for error messages.
+
+    Returns:
+        bool array, True where the token is supervised.
+
+    Raises:
+        ConfigError: unknown `train_on`, or "assistant" without a response marker.
+
+    Example:
+        >>> from chunker.spans import Spans
+        >>> loss_mask(np.array([9, 5, 1, 2, 9, 5, 3]), Spans.empty(), instruction_ids=(9,), response_ids=(5,)).tolist()
+        [False, False, True, True, False, False, True]
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    n = len(ids)
+    if train_on not in TRAIN_ON:
+        raise ConfigError(f"train_on={train_on!r} must be one of {TRAIN_ON}")
+    if train_on == "all":
+        mask = np.ones(n, dtype=bool)
+    else:
+        if not response_ids:
+            raise ConfigError(
+                "train_on='assistant' needs the assistant turn marker: pass response_part='<the text that opens an "
+                "assistant turn>' (and instruction_part for user turns), or train_on='all'"
+            )
+        mask = _between(n, find_marker(ids, response_ids) + len(response_ids), find_marker(ids, instruction_ids))
+    return mask & ~media_mask(n, spans)
+
+
+def _between(n, opens, closes) -> np.ndarray:
+    last_open = np.full(n, -1, dtype=np.int64)
+    last_close = np.full(n, -1, dtype=np.int64)
+    opens = opens[opens < n]
+    last_open[opens] = opens
+    last_close[closes] = closes
+    return np.maximum.accumulate(last_open) > np.maximum.accumulate(last_close)
+
+
+def labels_from_mask(ids, mask) -> np.ndarray:
+    """`ids` where `mask`, else -100."""
+    return np.where(mask, np.asarray(ids, dtype=np.int64), IGNORE)
+
+
+def mask_from_labels(ids, labels, spans: Spans, *, row=None) -> np.ndarray:
+    """The loss mask a row's own labels give (labels == ids where supervised); media never carry loss.
+
+    Raises:
+        RowFormatError: labels of another length than input_ids, or a supervised label that is not the token.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != ids.shape:
+        raise RowFormatError(
+            f"labels has {labels.shape[0] if labels.ndim else 0} entries but input_ids has {len(ids)}: give one "
+            "label per token (unshifted, -100 where no loss), as transformers models expect",
+            row=row,
+        )
+    mask = labels != IGNORE
+    wrong = np.flatnonzero(mask & (labels != ids))
+    if len(wrong):
+        at = int(wrong[0])
+        raise RowFormatError(
+            f"labels[{at}]={int(labels[at])} but input_ids[{at}]={int(ids[at])}: labels must be the unshifted "
+            "input ids (or -100); the model shifts them itself",
+            row=row,
+        )
+    return mask & ~media_mask(len(ids), spans)
+
+
+def turn_boundaries(ids, instruction_ids=(), response_ids=()) -> np.ndarray:
+    """Sorted positions where a user or assistant turn starts: preferred cut points."""
+    ids = np.asarray(ids, dtype=np.int64)
+    found = [find_marker(ids, m) for m in (instruction_ids, response_ids) if m]
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+
+def window_labels(labels: np.ndarray, context_start: int, start: int, end: int, prefix_len: int) -> np.ndarray:
+    """Labels of one window: -100 on prefix and context, the whole-conversation labels on new tokens."""
+    out = np.full(prefix_len + end - context_start, IGNORE, dtype=np.int64)
+    out[prefix_len + start - context_start:] = labels[start:end]
+    return out

@@ -1,0 +1,188 @@
+"""Plan windows: cut points outside media spans, overlap context, a repeated prefix, turn-aware ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError, OversizeSpanError, PrefixError
+from .spans import Spans
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window of a row: `[context_start, start)` is overlap context (no loss), `[start, end)` new tokens.
+
+    Windows after the first are preceded by the row's prefix (`prefix_len` tokens) when one is used.
+    """
+
+    context_start: int
+    start: int
+    end: int
+
+    @property
+    def new_tokens(self) -> int:
+        return self.end - self.start
+
+
+def check_config(max_length: int, overlap: int, prefix_len: int) -> None:
+    """Raise `ConfigError` for settings that can never make a window; the message says which to change."""
+    if not isinstance(max_length, (int, np.integer)) or max_length < 1:
+        raise ConfigError(f"max_length={max_length!r} must be a positive integer (e.g. 2048)")
+    if not isinstance(overlap, (int, np.integer)) or overlap < 0:
+        raise ConfigError(f"overlap={overlap!r} must be an integer >= 0 (0 means no context is repeated)")
+    if overlap >= max_length:
+        raise ConfigError(
+            f"overlap={overlap} must be smaller than max_length={max_length}: a window must hold new tokens. "
+            f"Use overlap <= {max(max_length // 4, 0)} or so"
+        )
+    if prefix_len < 0 or prefix_len >= max_length:
+        raise ConfigError(
+            f"the prefix repeated in every window is {prefix_len} tokens but max_length={max_length}: "
+            f"raise max_length above {prefix_len} or set prefix='none'/'bos'"
+        )
+
+
+def plan_windows(
+    n_tokens: int,
+    spans: Spans,
+    *,
+    max_length: int,
+    overlap: int = 0,
+    prefix_len: int = 0,
+    boundaries=None,
+    loss_mask=None,
+    min_fill: float = 0.5,
+    row=None,
+) -> list[Window]:
+    """Cut `n_tokens` tokens into windows of at most `max_length` that never cut a media span.
+
+    Args:
+        n_tokens: length of the whole conversation.
+        spans: its media spans (`find_image_spans`).
+        max_length: the most tokens a window may hold, its prefix and context included.
+        overlap: tokens of the previous window repeated as context (no loss); snapped forward so it
+            never starts inside a span, so an image in the context is whole and comes with its pixels.
+        prefix_len: the first `prefix_len` tokens (BOS, maybe the system turn) are repeated before
+            every window after the first. Media inside the prefix come along with it.
+        boundaries: sorted positions where a cut is preferred (turn starts); a window ends at the last
+            one past `min_fill` of its room, else as late as the spans allow.
+        loss_mask: bool per token; a window that would start on a supervised token with nothing before
+            it (no prefix, no context) gets one token of context so the model can predict it.
+        min_fill: fraction of a window's room it fills before a turn boundary may end it.
+        row: the row's name for error messages.
+
+    Returns:
+        list of `Window`; their `[start, end)` ranges partition `[0, n_tokens)`.
+
+    Raises:
+        ConfigError: max_length, overlap or prefix_len that cannot work.
+        OversizeSpanError: a span that cannot fit in any window (span + prefix > max_length).
+        PrefixError: the prefix ends inside a span.
+
+    Example:
+        >>> from chunker.spans import Spans
+        >>> s = Spans(np.array([3]), np.array([7]), np.array([0]), np.array([4]))
+        >>> [(w.context_start, w.start, w.end) for w in plan_windows(10, s, max_length=5, loss_mask=np.zeros(10, bool))]
+        [(0, 0, 3), (3, 3, 7), (7, 7, 10)]
+        >>> [(w.context_start, w.start, w.end) for w in plan_windows(10, s, max_length=6, overlap=2, prefix_len=1)]
+        [(0, 0, 3), (3, 3, 7), (7, 7, 10)]
+    """
+    check_config(max_length, overlap, prefix_len)
+    starts = np.asarray(spans.starts, dtype=np.int64)
+    ends = np.asarray(spans.ends, dtype=np.int64)
+    _check_prefix(prefix_len, starts, ends, row)
+    _check_oversize(starts, ends, max_length, prefix_len, row)
+    bounds = np.asarray([] if boundaries is None else boundaries, dtype=np.int64)
+    supervised = None if loss_mask is None else np.asarray(loss_mask, dtype=bool)
+
+    def enclosing(pos):
+        """Index of the span with start < pos < end, or -1."""
+        k = int(np.searchsorted(starts, pos, side="left")) - 1
+        return k if k >= 0 and pos < ends[k] else -1
+
+    def last_cut(limit):
+        k = enclosing(limit)
+        return limit if k < 0 else int(starts[k])
+
+    windows = []
+    start = 0
+    while start < n_tokens:
+        if not windows:
+            context, minimal, pre = 0, 0, 0
+        else:
+            pre = prefix_len
+            minimal = start
+            if pre == 0 and (supervised is None or supervised[start]):
+                k = enclosing(start - 1)
+                minimal = start - 1 if k < 0 else int(starts[k])
+            context = min(_context_start(start, overlap, prefix_len, enclosing, ends), minimal)
+        end = _window_end(start, context, pre, max_length, n_tokens, last_cut, bounds, min_fill)
+        if end <= start and context < minimal:
+            context = minimal
+            end = _window_end(start, context, pre, max_length, n_tokens, last_cut, bounds, min_fill)
+        if end <= start:
+            k = int(np.searchsorted(starts, start, side="left"))
+            s, e = int(starts[k]), int(ends[k])
+            need = e - s + pre + (start - context)
+            raise OversizeSpanError(
+                f"media span [{s}, {e}) of {e - s} tokens needs a window of {need} tokens with its prefix and "
+                f"the token before it, but max_length={max_length}: raise max_length to >= {need} or pass "
+                "on_oversize='skip'",
+                row=row, span=(s, e), span_len=e - s, needed=need,
+            )
+        windows.append(Window(int(context), int(start), int(end)))
+        start = end
+    return windows
+
+
+def _context_start(start, overlap, prefix_len, enclosing, ends):
+    context = max(start - overlap, prefix_len, 0)
+    context = min(context, start)
+    k = enclosing(context)
+    return context if k < 0 else int(min(ends[k], start))
+
+
+def _window_end(start, context, pre, max_length, n_tokens, last_cut, bounds, min_fill):
+    room = max_length - pre - (start - context)
+    if room <= 0:
+        return start
+    limit = start + room
+    if limit >= n_tokens:
+        return n_tokens
+    end = last_cut(limit)
+    if len(bounds):
+        floor = start + int(min_fill * room)
+        i = int(np.searchsorted(bounds, end, side="right")) - 1
+        if i >= 0 and bounds[i] > max(floor, start):
+            end = int(bounds[i])
+    return end
+
+
+def _check_prefix(prefix_len, starts, ends, row):
+    if prefix_len and len(starts):
+        inside = (starts < prefix_len) & (ends > prefix_len)
+        if inside.any():
+            k = int(np.flatnonzero(inside)[0])
+            raise PrefixError(
+                f"the prefix of {prefix_len} tokens ends inside media span [{int(starts[k])}, {int(ends[k])}): "
+                f"use a prefix that ends at {int(ends[k])} or later, or prefix='bos'",
+                row=row,
+            )
+
+
+def _check_oversize(starts, ends, max_length, prefix_len, row):
+    if not len(starts):
+        return
+    body = (starts >= prefix_len) if prefix_len else np.ones(len(starts), bool)
+    need = (ends - starts) + np.where(starts > 0, prefix_len, 0)
+    bad = np.flatnonzero(body & (need > max_length))
+    if len(bad):
+        k = int(bad[0])
+        s, e, n = int(starts[k]), int(ends[k]), int(need[k])
+        raise OversizeSpanError(
+            f"media span [{s}, {e}) of {e - s} tokens plus the {prefix_len}-token prefix needs {n} tokens but "
+            f"max_length={max_length}: raise max_length to >= {n} or pass on_oversize='skip'",
+            row=row, span=(s, e), span_len=e - s, needed=n,
+        )

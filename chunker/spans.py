@@ -1,0 +1,237 @@
+"""Find media spans in token ids: whole-array numpy, one span per media item, brackets included."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ImageTokenCountError, SpanError
+from .spec import ImageSpanSpec
+
+IMAGE, VIDEO = 0, 1
+
+
+@dataclass(frozen=True)
+class Spans:
+    """Media spans of one row, in order; `ends` are exclusive.
+
+    Attributes:
+        starts, ends: int64 arrays of span boundaries (brackets included).
+        kinds: 0 for an image, 1 for a video.
+        counts: placeholder tokens in each span (the features the item must supply).
+    """
+
+    starts: np.ndarray
+    ends: np.ndarray
+    kinds: np.ndarray
+    counts: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.ends - self.starts
+
+    def take(self, index) -> Spans:
+        """The spans at `index` (a mask or integer array)."""
+        return Spans(self.starts[index], self.ends[index], self.kinds[index], self.counts[index])
+
+    @classmethod
+    def empty(cls) -> Spans:
+        z = np.zeros(0, dtype=np.int64)
+        return cls(z, z.copy(), z.copy(), z.copy())
+
+
+def find_image_spans(input_ids, spec: ImageSpanSpec, *, row=None) -> Spans:
+    """Locate every media item's span in `input_ids`.
+
+    Args:
+        input_ids: 1-D sequence of token ids (list, numpy array or CPU tensor).
+        spec: the family grammar (`ImageSpanSpec.from_processor(processor)`).
+        row: the row's name for error messages (source index or id).
+
+    Returns:
+        Spans, one per media item (image, or whole video), brackets included, end exclusive.
+
+    Raises:
+        SpanError: an unclosed or unopened bracket, or a placeholder outside any span.
+        ImageTokenCountError: a run whose length is not a multiple of the fixed per-image count.
+
+    Example:
+        >>> spec = ImageSpanSpec(family="custom", kind="bracket", image_token_id=7, open_ids=(5,), close_ids=(6,))
+        >>> s = find_image_spans([1, 5, 7, 7, 6, 5, 7, 6, 2], spec)
+        >>> s.starts.tolist(), s.ends.tolist(), s.counts.tolist()
+        ([1, 5], [5, 8], [2, 1])
+    """
+    ids = np.asarray(input_ids)
+    if ids.ndim != 1:
+        raise SpanError(f"input_ids must be 1-D, got shape {ids.shape}", row=row)
+    ids = ids.astype(np.int64, copy=False)
+    finder = _FINDERS[spec.kind]
+    starts, ends = finder(ids, spec, row)
+    spans = _with_counts(ids, spec, starts, ends)
+    _check_no_stray(ids, spec, spans, row)
+    return spans
+
+
+def group_spans(spans: Spans, sizes) -> Spans:
+    """Merge consecutive spans into one item each: `sizes[k]` blocks make item k (an image and its crops).
+
+    Example:
+        >>> s = Spans(np.array([0, 5, 9]), np.array([3, 8, 12]), np.zeros(3, int), np.ones(3, int))
+        >>> group_spans(s, [2, 1]).ends.tolist()
+        [8, 12]
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if sizes.sum() != len(spans) or (sizes < 1).any():
+        raise SpanError(f"cannot group {len(spans)} spans into items of {sizes.tolist()} blocks")
+    first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    last = first + sizes - 1
+    counts = np.add.reduceat(spans.counts, first) if len(first) else spans.counts[:0]
+    return Spans(spans.starts[first], spans.ends[last], spans.kinds[first], counts)
+
+
+def _isin(ids, values) -> np.ndarray:
+    return np.isin(ids, np.asarray(values, dtype=np.int64)) if values else np.zeros(len(ids), bool)
+
+
+def _bracket(ids, spec, row):
+    step = _isin(ids, spec.open_ids).astype(np.int64) - _isin(ids, spec.close_ids)
+    depth = np.cumsum(step)
+    if len(depth) and depth.min() < 0:
+        at = int(np.argmax(depth < 0))
+        raise SpanError(
+            f"closing media token {int(ids[at])} at position {at} has no opening token "
+            f"(expected one of {list(spec.open_ids)} before it): the row was cut or built by hand; "
+            "tokenize the whole conversation without truncation",
+            row=row,
+        )
+    if len(depth) and depth[-1] != 0:
+        opens = np.flatnonzero((step == 1) & (depth == 1))
+        raise SpanError(
+            f"media span opened at position {int(opens[-1])} is never closed (expected one of "
+            f"{list(spec.close_ids)}): the row was truncated inside an image; tokenize without truncation",
+            row=row,
+        )
+    before = depth - step
+    starts = np.flatnonzero((step == 1) & (before == 0))
+    ends = np.flatnonzero((step == -1) & (depth == 0)) + 1
+    return starts, ends
+
+
+def _run(ids, spec, row):
+    ph = _isin(ids, spec.media_ids)
+    edge = np.diff(np.concatenate([[False], ph, [False]]).astype(np.int8))
+    starts, ends = np.flatnonzero(edge == 1), np.flatnonzero(edge == -1)
+    per = spec.tokens_per_image
+    if per and len(starts):
+        lengths = ends - starts
+        bad = np.flatnonzero(lengths % per)
+        if len(bad):
+            b = int(bad[0])
+            raise ImageTokenCountError(
+                f"image-token run at [{int(starts[b])}, {int(ends[b])}) holds {int(lengths[b])} tokens, "
+                f"not a multiple of {per} tokens per image: the row was cut inside an image or built with "
+                "another processor; tokenize the whole conversation with this processor",
+                row=row,
+            )
+        k = lengths // per
+        starts = np.repeat(starts, k) + per * _ranks(k)
+        ends = starts + per
+    return starts, ends
+
+
+def _ranks(k) -> np.ndarray:
+    """0, 1, ..., k[i]-1 for every i, concatenated."""
+    total = int(k.sum())
+    offsets = np.repeat(np.cumsum(k) - k, k)
+    return np.arange(total) - offsets
+
+
+def _terminated_run(ids, spec, row):
+    end = ids == spec.end_id
+    inside = _isin(ids, (*spec.body_ids, *spec.media_ids)) | end
+    before = np.concatenate([[False], inside[:-1]])
+    after = np.concatenate([inside[1:], [False]])
+    starts = np.flatnonzero(inside & (~before | np.concatenate([[False], end[:-1]])))
+    ends = np.flatnonzero(end) + 1
+    unterminated = np.flatnonzero(inside & ~after & ~end)
+    if len(unterminated):
+        at = int(unterminated[0])
+        raise SpanError(
+            f"image rows ending at position {at} are not closed by the end token {spec.end_id}: the row was "
+            "truncated inside an image; tokenize the whole conversation without truncation",
+            row=row,
+        )
+    return starts, ends
+
+
+def _tiles(ids, spec, row):
+    fake = spec.open_ids[0]
+    is_fake = ids == fake
+    nxt = np.concatenate([ids[1:], [-1]])
+    openers = np.flatnonzero(is_fake & _isin(nxt, (*spec.tile_ids, spec.global_id)))
+    globals_ = np.flatnonzero(ids == spec.global_id)
+    per = spec.tokens_per_tile or 0
+    ends = globals_ + per + 2
+    if len(ends) and (ends[-1] > len(ids) or not (ids[np.minimum(ends - 1, len(ids) - 1)] == fake).all()):
+        raise SpanError(
+            f"a global image block does not end with {per} image tokens and the fake token {fake}: the row was "
+            "truncated inside an image or tokens_per_tile is wrong; tokenize without truncation",
+            row=row,
+        )
+    prev_end = np.concatenate([[0], ends[:-1]])
+    pick = np.searchsorted(openers, prev_end, side="left")
+    if len(ends) and ((pick >= len(openers)).any() or (openers[np.minimum(pick, len(openers) - 1)] > globals_ - 1).any()):
+        raise SpanError("a global image block has no opening fake token before it", row=row)
+    starts = openers[pick] if len(ends) else ends
+    orphan = np.setdiff1d(openers, _covered(openers, starts, ends))
+    if len(orphan):
+        raise SpanError(
+            f"image tiles opened at position {int(orphan[0])} are never closed by a global image block: the row "
+            "was truncated inside an image; tokenize the whole conversation without truncation",
+            row=row,
+        )
+    return starts, ends
+
+
+def _covered(points, starts, ends) -> np.ndarray:
+    k = np.searchsorted(starts, points, side="right") - 1
+    ok = (k >= 0) & (points < ends[np.maximum(k, 0)]) if len(starts) else np.zeros(len(points), bool)
+    return points[ok]
+
+
+_FINDERS = {"bracket": _bracket, "run": _run, "terminated_run": _terminated_run, "tiles": _tiles}
+
+
+def _with_counts(ids, spec, starts, ends) -> Spans:
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    image_cum = np.concatenate([[0], np.cumsum(ids == spec.image_token_id)])
+    counts = image_cum[ends] - image_cum[starts]
+    kinds = np.zeros(len(starts), dtype=np.int64)
+    if spec.video_token_id is not None:
+        video_cum = np.concatenate([[0], np.cumsum(ids == spec.video_token_id)])
+        videos = video_cum[ends] - video_cum[starts]
+        kinds = (videos > 0).astype(np.int64)
+        counts = counts + videos
+    return Spans(starts, ends, kinds, counts)
+
+
+def _check_no_stray(ids, spec, spans, row):
+    structural = _isin(ids, spec.structural_ids)
+    inside = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.add.at(inside, spans.starts, 1)
+    np.add.at(inside, spans.ends, -1)
+    in_span = np.cumsum(inside)[:-1] > 0
+    stray = np.flatnonzero(structural & ~in_span)
+    if len(stray):
+        at = int(stray[0])
+        raise SpanError(
+            f"media token {int(ids[at])} at position {at} lies outside every media span (seen {len(stray)} such "
+            "tokens): the row was cut inside an image or its spec is of another family; tokenize the whole "
+            "conversation with this family's processor",
+            row=row,
+        )
