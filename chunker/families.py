@@ -109,7 +109,6 @@ FAMILIES = {
         "turns": {"instruction": "User:", "response": "Assistant:"},
         "pixel_rules": {"pixel_values": ("tiles", 0), "pixel_attention_mask": ("tiles", 0)},
         "batch_axis_pixels": True,
-        "nest_images": True,
     },
     "internvl": {
         "classes": ("InternVLProcessor",),
@@ -180,7 +179,7 @@ def spec_from_processor(processor, **overrides) -> ImageSpanSpec:
 
     turns = record.get("turns", {})
     bos_id = tok.bos_token_id if record.get("bos") else None
-    extra = {k: record[k] for k in ("pixel_rules", "token_rule", "batch_axis_pixels", "nest_images") if k in record}
+    extra = {k: record[k] for k in ("pixel_rules", "token_rule", "batch_axis_pixels") if k in record}
     if record.get("token_rule") == "grid":
         extra["merge_size"] = int(getattr(processor.image_processor, "merge_size", 2))
     tile_ids = ()

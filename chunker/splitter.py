@@ -130,7 +130,17 @@ class WindowSplitter:
     # ------------------------------------------------------------------ public API
 
     def __call__(self, batch: dict, indices=None) -> dict:
-        """Split a batch (dict of columns) into window rows (dict of columns); rows may be skipped per policy."""
+        """Split a batch (dict of columns) into window rows (dict of columns); rows may be skipped per policy.
+
+        Pre-tokenized batches that arrive as Arrow (the lazy batch `Dataset.map` passes, a `pyarrow.Table`)
+        take the Arrow path (`chunker.fast`) and come back as a `pyarrow.Table` with the same windows.
+        """
+        from .fast import as_columns, split_arrow_batch
+
+        fast = split_arrow_batch(self, batch, indices)
+        if fast is not None:
+            return fast
+        batch = as_columns(batch)
         n = len(next(iter(batch.values()))) if batch else 0
         if indices is None:
             indices = range(self._seen, self._seen + n)
@@ -241,7 +251,7 @@ class WindowSplitter:
         text = self.processor.apply_chat_template(messages, tokenize=False)
         kwargs = {"text": [text], "return_tensors": "np"}
         if images:
-            kwargs["images"] = [images] if self.spec.extra.get("nest_images") else images
+            kwargs["images"] = [images]
         try:
             enc = self.processor(**kwargs)
         except ChunkerError:
