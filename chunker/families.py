@@ -78,13 +78,16 @@ FAMILIES = {
     "llava_onevision": {
         "classes": ("LlavaOnevisionProcessor",),
         "kind": "run",
+        "run_counts": "llava_onevision",
         "image": "attr:image_token",
         "video": "attr:video_token",
-        "turns": {"instruction": "<|im_start|>user\n", "response": "<|im_start|>assistant\n"},
+        # its template renders "<|im_start|>assistant \n" for answers but "assistant\n" as generation prompt
+        "turns": {"instruction": "<|im_start|>user", "response": "<|im_start|>assistant"},
     },
     "llava_next": {
         "classes": ("LlavaNextProcessor",),
         "kind": "run",
+        "run_counts": "llava_next",
         "image": "attr:image_token",
         "bos": True,
         "turns": {"instruction": "[INST]", "response": "[/INST]"},
@@ -179,7 +182,7 @@ def spec_from_processor(processor, **overrides) -> ImageSpanSpec:
 
     turns = record.get("turns", {})
     bos_id = tok.bos_token_id if record.get("bos") else None
-    extra = {k: record[k] for k in ("pixel_rules", "token_rule", "batch_axis_pixels") if k in record}
+    extra = {k: record[k] for k in ("pixel_rules", "token_rule", "batch_axis_pixels", "run_counts") if k in record}
     if record.get("token_rule") == "grid":
         extra["merge_size"] = int(getattr(processor.image_processor, "merge_size", 2))
     tile_ids = ()
@@ -239,3 +242,25 @@ def _fixed_tokens(processor):
     data = counter(image_sizes=[(336, 336)])
     tokens = getattr(data, "num_image_tokens", None) or data.get("num_image_tokens")
     return int(tokens[0]) if tokens else None
+
+
+def run_item_counts(processor, spec: ImageSpanSpec, image_sizes, pixel_size=None):
+    """Placeholder tokens of each image of a bracketless family, from (height, width) sizes; None if unknown.
+
+    LLaVA-NeXT counts from each image's size; LLaVA-OneVision gives every image of a multi-image row
+    the same fixed count (`num_image_tokens + 1`), and a lone image its size-based count.
+    """
+    rule = spec.extra.get("run_counts")
+    if rule is None or processor is None or not len(image_sizes):
+        return None
+    default = getattr(processor, "vision_feature_select_strategy", "default") == "default"
+    if rule == "llava_onevision" and len(image_sizes) > 1:
+        return [processor.num_image_tokens + 1 - int(default)] * len(image_sizes)
+    if pixel_size is None:
+        size = processor.image_processor.size
+        edge = size.get("shortest_edge") or min(size["height"], size["width"])
+        pixel_size = (edge, edge)
+    height, width = pixel_size
+    return [
+        processor._get_number_of_features(int(h), int(w), height, width) - int(default) for h, w in image_sizes
+    ]

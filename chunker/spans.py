@@ -44,12 +44,14 @@ class Spans:
         return cls(z, z.copy(), z.copy(), z.copy())
 
 
-def find_image_spans(input_ids, spec: ImageSpanSpec, *, row=None) -> Spans:
+def find_image_spans(input_ids, spec: ImageSpanSpec, *, item_counts=None, row=None) -> Spans:
     """Locate every media item's span in `input_ids`.
 
     Args:
         input_ids: 1-D sequence of token ids (list, numpy array or CPU tensor).
         spec: the family grammar (`ImageSpanSpec.from_processor(processor)`).
+        item_counts: placeholder tokens of each item, in order, for bracketless families whose
+            back-to-back images form one run (LLaVA-NeXT/OneVision); see `split_runs`.
         row: the row's name for error messages (source index or id).
 
     Returns:
@@ -73,6 +75,8 @@ def find_image_spans(input_ids, spec: ImageSpanSpec, *, row=None) -> Spans:
     starts, ends = finder(ids, spec, row)
     spans = _with_counts(ids, spec, starts, ends)
     _check_no_stray(ids, spec, spans, row)
+    if item_counts is not None and spec.kind == "run" and len(spans):
+        spans = split_runs(spans, item_counts, row=row)
     return spans
 
 
@@ -91,6 +95,39 @@ def group_spans(spans: Spans, sizes) -> Spans:
     last = first + sizes - 1
     counts = np.add.reduceat(spans.counts, first) if len(first) else spans.counts[:0]
     return Spans(spans.starts[first], spans.ends[last], spans.kinds[first], counts)
+
+
+def split_runs(spans: Spans, item_counts, *, row=None) -> Spans:
+    """Split placeholder runs (no brackets) into items of `item_counts` tokens each, in order.
+
+    Back-to-back images of a bracketless family (LLaVA-NeXT, LLaVA-OneVision) form one run; the
+    items' own token counts (from their sizes) tell where one ends.
+
+    Raises:
+        ImageTokenCountError: a run does not end where an item ends.
+
+    Example:
+        >>> s = Spans(np.array([2, 20]), np.array([12, 24]), np.zeros(2, int), np.array([10, 4]))
+        >>> split_runs(s, [6, 4, 4]).starts.tolist()
+        [2, 8, 20]
+    """
+    want = np.asarray(item_counts, dtype=np.int64)
+    item_end = np.cumsum(want)
+    run_end = np.cumsum(spans.counts)
+    if len(want) == len(spans) and (want == spans.counts).all():
+        return spans
+    if item_end[-1:].tolist() != run_end[-1:].tolist() or not np.isin(run_end, item_end).all():
+        raise ImageTokenCountError(
+            f"image-token runs of {spans.counts.tolist()} tokens cannot be cut into images of {want.tolist()} "
+            "tokens: the text and the images come from different processor settings; tokenize the whole "
+            "conversation with this processor",
+            row=row,
+        )
+    item_start = item_end - want
+    run = np.searchsorted(run_end, item_start, side="right")
+    run_start_cum = run_end - spans.counts
+    starts = spans.starts[run] + (item_start - run_start_cum[run])
+    return Spans(starts, starts + want, spans.kinds[run], want)
 
 
 def _isin(ids, values) -> np.ndarray:

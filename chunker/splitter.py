@@ -23,7 +23,7 @@ from .errors import (
 from .labels import IGNORE, labels_from_mask, loss_mask, mask_from_labels, turn_boundaries, window_labels
 from .media import TENSOR_STREAMS, check_counts, load_image, slice_plan, take_items
 from .plan import check_config, plan_windows
-from .spans import IMAGE, VIDEO, find_image_spans, group_spans
+from .spans import IMAGE, VIDEO, find_image_spans, group_spans, split_runs
 
 PREFIXES = ("bos", "system", "none")
 POLICIES = ("raise", "skip")
@@ -280,8 +280,10 @@ class WindowSplitter:
         tensors = p["tensors"]
         if spec.group_crops and "num_crops" in tensors:
             spans = group_spans(spans, 1 + np.asarray(tensors["num_crops"]).reshape(-1))
-        n_image = int((spans.kinds == IMAGE).sum())
         images = p["images"]
+        if spec.extra.get("run_counts") and len(spans):
+            spans = self._split_runs(spans, tensors, images, row)
+        n_image = int((spans.kinds == IMAGE).sum())
         if images is not None and len(images) != n_image and not (p.get("from_messages") and not images):
             raise ImageCountError(
                 f"the row has {len(images)} images but its text holds {n_image} image spans: give exactly one "
@@ -334,6 +336,19 @@ class WindowSplitter:
             rec["num_windows"] = len(wins)
             out.append(rec)
         return out
+
+    def _split_runs(self, spans, tensors, images, row):
+        from .families import run_item_counts
+
+        if "image_sizes" in tensors:
+            sizes = np.asarray(tensors["image_sizes"]).reshape(-1, 2).tolist()
+        elif images:
+            sizes = [load_image(im, row=row).size[::-1] for im in images]
+        else:
+            return spans
+        pixel = tensors["pixel_values"].shape[-2:] if "pixel_values" in tensors else None
+        counts = run_item_counts(self.processor, self.spec, sizes, pixel)
+        return spans if counts is None else split_runs(spans, counts, row=row)
 
     def _loss_mask(self, p, ids, spans, row):
         if p["labels"] is not None:

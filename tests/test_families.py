@@ -1,0 +1,144 @@
+"""Real processors of every family, built offline: spans and windows checked against the processor's own output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import chunker
+from chunker.testing import FAMILIES, build_processor
+
+EXPECTED_FAMILY = {"smolvlm": "idefics3", "mistral3": "pixtral"}
+SIZES = [(64, 48), (32, 80), (96, 96), (48, 40)]
+COLORS = ["red", "blue", "green", "white"]
+
+
+@pytest.fixture(scope="module")
+def processors():
+    return {}
+
+
+def processor_of(processors, family):
+    if family not in processors:
+        processors[family] = build_processor(family)
+    return processors[family]
+
+
+def images(n, offset=0):
+    return [Image.new("RGB", SIZES[(i + offset) % 4], COLORS[(i + offset) % 4]) for i in range(n)]
+
+
+def conversation(family):
+    """Two user turns with images (two back to back, one at the end of a turn) and two long answers."""
+    if family == "paligemma":
+        return [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe this picture in detail"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "a cat sits on a mat next to a red ball " * 16}]},
+        ], 1
+    return [
+        {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "compare the two images"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "the quick brown fox jumps over the lazy dog " * 4}]},
+        {"role": "user", "content": [{"type": "text", "text": "and what is shown in the image?"}, {"type": "image"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "a cat sits on a mat next to a red ball " * 5}]},
+    ], 3
+
+
+def encode(processor, messages, imgs, **kwargs):
+    text = processor.apply_chat_template(messages, tokenize=False, **kwargs)
+    enc = processor(text=[text], images=[imgs] if imgs else None, return_tensors="np")
+    return np.asarray(enc["input_ids"])[0], enc
+
+
+def item_counts(processor, spec, imgs):
+    """Per-image token counts for bracketless families (back-to-back images form one run)."""
+    from chunker.families import run_item_counts
+
+    return run_item_counts(processor, spec, [im.size[::-1] for im in imgs]) if imgs else None
+
+
+def reference_targets(processor, messages, imgs):
+    """Supervised tokens by incremental templating (independent of chunker's turn markers).
+
+    An answer's tokens are what the conversation up to it adds to the conversation before it with the
+    generation prompt (after their common prefix: some templates render the prompt slightly differently).
+    """
+    out, used = [], 0
+    for k, msg in enumerate(messages):
+        n_img = sum(1 for c in msg["content"] if c.get("type") == "image")
+        used += n_img
+        if msg["role"] != "assistant":
+            continue
+        prompt, _ = encode(processor, messages[:k], imgs[: used], add_generation_prompt=True)
+        full, _ = encode(processor, messages[: k + 1], imgs[: used])
+        n = min(len(prompt), len(full))
+        common = int(np.argmax(prompt[:n] != full[:n])) if (prompt[:n] != full[:n]).any() else n
+        out.append(full[common:])
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_is_detected_from_the_processor(processors, family):
+    spec = chunker.ImageSpanSpec.from_processor(processor_of(processors, family))
+    assert spec.family == EXPECTED_FAMILY.get(family, family)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_span_per_image_covering_every_image_token(processors, family):
+    processor = processor_of(processors, family)
+    spec = chunker.ImageSpanSpec.from_processor(processor)
+    messages, n = conversation(family)
+    imgs = images(n)
+    ids, enc = encode(processor, messages, imgs)
+    spans = chunker.find_image_spans(ids, spec, item_counts=item_counts(processor, spec, imgs))
+    assert len(spans) == n
+    assert int(spans.counts.sum()) == int((ids == spec.image_token_id).sum())
+    assert (spans.starts[1:] >= spans.ends[:-1]).all()
+    if "image_grid_thw" in enc:
+        merge = spec.extra["merge_size"]
+        assert spans.counts.tolist() == (np.asarray(enc["image_grid_thw"]).prod(-1) // merge**2).tolist()
+    if spec.tokens_per_image and not spec.group_crops:
+        assert spans.counts.tolist() == [spec.tokens_per_image] * n
+    if n >= 2 and family != "paligemma":
+        assert spans.ends[0] <= spans.starts[1]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("max_length,overlap", [(96, 0), (128, 16)])
+def test_windows_of_a_real_conversation(processors, family, max_length, overlap):
+    processor = processor_of(processors, family)
+    messages, n = conversation(family)
+    imgs = images(n)
+    if family == "paligemma":
+        # PaliGemma's own API: prompt + suffix; its labels are the reference.
+        enc = processor(text=["describe this picture in detail"], images=[imgs],
+                        suffix=[messages[1]["content"][0]["text"]], return_tensors="np")
+        ids, labels = np.asarray(enc["input_ids"])[0], np.asarray(enc["labels"])[0]
+        example, reference = {"input_ids": ids, "labels": labels, "images": imgs}, ids[labels != -100]
+    else:
+        ids, _ = encode(processor, messages, imgs)
+        example = {"messages": messages, "images": imgs}
+        reference = reference_targets(processor, messages, imgs)
+    splitter = chunker.WindowSplitter(processor, max_length=max_length, overlap=overlap)
+    spec = splitter.spec
+    longest = int(chunker.find_image_spans(ids, spec).lengths.max())
+    if longest + 2 > max_length:
+        pytest.skip(f"{family}: an image span of {longest} tokens does not fit max_length={max_length}")
+    rows = splitter.split_example(example, index=7)
+    assert len(rows) >= 2, "the conversation must be long enough to need windows"
+    trained = []
+    for k, row in enumerate(rows):
+        win = np.asarray(row["input_ids"])
+        assert len(win) <= max_length
+        window_images = list(row["images"])
+        order = [next(i for i, orig in enumerate(imgs) if orig is im) for im in window_images]
+        counts = item_counts(processor, spec, imgs)  # counted in the whole row (LLaVA-OneVision depends on it)
+        spans = chunker.find_image_spans(win, spec, item_counts=None if counts is None else [counts[i] for i in order])
+        assert len(spans) == len(window_images)
+        assert order == sorted(order)
+        labels = np.asarray(row["labels"])
+        assert (labels[1:][labels[1:] != -100] == win[1:][labels[1:] != -100]).all()
+        trained.append(labels[1:][labels[1:] != -100])
+        assert row["source_index"] == 7 and row["window_index"] == k and row["num_windows"] == len(rows)
+    trained = np.concatenate(trained)
+    np.testing.assert_array_equal(trained, reference)
