@@ -27,6 +27,7 @@ FAMILIES = {
         "bos": True,
         "turns": {"instruction": "<start_of_turn>user\n", "response": "<start_of_turn>model\n"},
         "group_crops": True,
+        "crops_kwargs": "Gemma3ProcessorKwargs",
         "pixel_rules": {"pixel_values": ("crops", 0)},
     },
     "paligemma": {
@@ -182,7 +183,7 @@ def spec_from_processor(processor, **overrides) -> ImageSpanSpec:
 
     turns = record.get("turns", {})
     bos_id = tok.bos_token_id if record.get("bos") else None
-    extra = {k: record[k] for k in ("pixel_rules", "token_rule", "batch_axis_pixels", "run_counts") if k in record}
+    extra = {k: record[k] for k in ("pixel_rules", "token_rule", "batch_axis_pixels", "run_counts", "crops_kwargs") if k in record}
     if record.get("token_rule") == "grid":
         extra["merge_size"] = int(getattr(processor.image_processor, "merge_size", 2))
     tile_ids = ()
@@ -264,3 +265,35 @@ def run_item_counts(processor, spec: ImageSpanSpec, image_sizes, pixel_size=None
     return [
         processor._get_number_of_features(int(h), int(w), height, width) - int(default) for h, w in image_sizes
     ]
+
+
+def crops_per_image(processor, spec: ImageSpanSpec, images, processor_kwargs: dict):
+    """Pan-and-scan crops of each image (Gemma 3), from the image processor's own crop rule; None when off.
+
+    The processor drops `num_crops` from its output, so the crops are counted by running the image
+    processor's own crop rule (`pan_and_scan` of the PIL backend, `pan_and_scan_batched` of the torch
+    one) on a zero-stride array of each image's size: views only, no pixels.
+    """
+    import sys
+
+    import numpy as np
+
+    name = spec.extra.get("crops_kwargs")
+    if not name or not processor_kwargs.get("do_pan_and_scan"):
+        return None
+    defaults = getattr(getattr(sys.modules[type(processor).__module__], name, None), "_defaults", {})
+    settings = {**defaults.get("images_kwargs", {}), **processor_kwargs}
+    keys = ("pan_and_scan_min_crop_size", "pan_and_scan_max_num_crops", "pan_and_scan_min_ratio_to_activate")
+    args = {k: settings.get(k, getattr(processor.image_processor, k, None)) for k in keys}
+    ip = processor.image_processor
+    crops = []
+    for image in images:
+        width, height = image.size
+        if hasattr(ip, "pan_and_scan"):
+            found = ip.pan_and_scan(np.broadcast_to(np.zeros((), np.uint8), (1, height, width)), **args)
+        else:
+            import torch
+
+            found = ip.pan_and_scan_batched(torch.zeros(()).expand(1, 1, height, width), **args)
+        crops.append(len(found))
+    return crops

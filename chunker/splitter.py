@@ -66,6 +66,9 @@ class WindowSplitter:
         on_oversize: "raise" (default) an `OversizeSpanError`, or "skip" the row and count it.
         on_error: "raise" (default) any row error, or "skip" the row and count it by reason.
         keep_pixels: for pre-tokenized rows with pixel tensors, slice and keep them in the window rows.
+        min_fill: fraction of a window's room it fills before a turn start may end it.
+        processor_kwargs: extra keywords for the processor call (e.g. {"do_pan_and_scan": True});
+            give the collator the same ones so pixels match the token counts.
 
     Raises:
         ConfigError: settings that can never make a window, unknown policies.
@@ -94,6 +97,7 @@ class WindowSplitter:
         on_error: str = "raise",
         keep_pixels: bool = True,
         min_fill: float = 0.5,
+        processor_kwargs: dict | None = None,
     ):
         from .labels import TRAIN_ON
 
@@ -123,6 +127,7 @@ class WindowSplitter:
         self.on_error = on_error
         self.keep_pixels = keep_pixels
         self.min_fill = min_fill
+        self.processor_kwargs = dict(processor_kwargs or {})
         self.vocab_size = _vocab_size(processor)
         self._stats_dir = tempfile.mkdtemp(prefix="chunker-stats-")
         self._seen = 0
@@ -249,7 +254,7 @@ class WindowSplitter:
         messages, images = _collect_images(messages, example.get("images"), row)
         images = [load_image(im, example.get("_base_dir"), row=row) for im in images]
         text = self.processor.apply_chat_template(messages, tokenize=False)
-        kwargs = {"text": [text], "return_tensors": "np"}
+        kwargs = {**self.processor_kwargs, "text": [text], "return_tensors": "np"}
         if images:
             kwargs["images"] = [images]
         try:
@@ -264,6 +269,12 @@ class WindowSplitter:
             ) from exc
         ids = np.asarray(enc["input_ids"])[0].astype(np.int64)
         tensors = {k: np.asarray(enc[k]) for k in TENSOR_STREAMS if k in enc}
+        if images and self.spec.group_crops and "num_crops" not in tensors:
+            from .families import crops_per_image
+
+            crops = crops_per_image(self.processor, self.spec, images, self.processor_kwargs)
+            if crops is not None:
+                tensors["num_crops"] = np.asarray(crops, dtype=np.int64)
         if self.spec.extra.get("batch_axis_pixels"):
             tensors = {k: v[0] if k in ("pixel_values", "pixel_attention_mask") else v for k, v in tensors.items()}
         return {"ids": ids, "tensors": tensors, "images": images, "videos": None, "labels": None,

@@ -142,3 +142,37 @@ def test_windows_of_a_real_conversation(processors, family, max_length, overlap)
         assert row["source_index"] == 7 and row["window_index"] == k and row["num_windows"] == len(rows)
     trained = np.concatenate(trained)
     np.testing.assert_array_equal(trained, reference)
+
+
+def test_gemma3_pan_and_scan_keeps_each_image_with_its_crops():
+    """Each window holds whole crop groups: its image blocks are exactly 1 + crops of each of its images."""
+    processor = build_processor("gemma3", pan_and_scan=True)
+    imgs = [Image.new("RGB", (1024, 300), "red"), Image.new("RGB", (40, 40), "blue"), Image.new("RGB", (300, 900), "green")]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "compare"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "the quick brown fox " * 30}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and this one?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "a cat sits on a mat " * 30}]},
+    ]
+    splitter = chunker.WindowSplitter(processor, max_length=160, processor_kwargs={"do_pan_and_scan": True})
+    rows = splitter.split_example({"messages": messages, "images": imgs}, index=0)
+    own = processor.image_processor(imgs, do_pan_and_scan=True, return_tensors="np")
+    crops = dict(zip(map(id, imgs), np.asarray(own["num_crops"]).tolist()))
+    assert sorted(crops.values()) == [0, 3, 3]
+    assert len(rows) >= 3
+    seen = []
+    for row in rows:
+        blocks = chunker.find_image_spans(np.asarray(row["input_ids"]), splitter.spec)
+        assert len(blocks) == sum(1 + crops[id(im)] for im in row["images"])
+        seen += [id(im) for im in row["images"]]
+    assert seen == list(map(id, imgs))
+
+
+def test_gemma3_pan_and_scan_off_gives_one_block_per_image():
+    processor = build_processor("gemma3", pan_and_scan=True)
+    imgs = [Image.new("RGB", (1024, 300), "red")]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "a cat"}]}]
+    splitter = chunker.WindowSplitter(processor, max_length=160)
+    rows = splitter.split_example({"messages": messages, "images": imgs})
+    assert len(chunker.find_image_spans(np.asarray(rows[0]["input_ids"]), splitter.spec)) == 1
