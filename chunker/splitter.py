@@ -5,7 +5,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import tempfile
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -129,8 +131,19 @@ class WindowSplitter:
         self.min_fill = min_fill
         self.processor_kwargs = dict(processor_kwargs or {})
         self.vocab_size = _vocab_size(processor)
-        self._stats_dir = tempfile.mkdtemp(prefix="chunker-stats-")
+        self._stats_dir = None
         self._seen = 0
+
+    def __getstate__(self):
+        # Copies sent to worker processes must write into the same folder as the original.
+        self._ensure_stats_dir()
+        return self.__dict__.copy()
+
+    def _ensure_stats_dir(self) -> str:
+        if self._stats_dir is None:
+            self._stats_dir = tempfile.mkdtemp(prefix="chunker-stats-")
+            weakref.finalize(self, _remove_stats_dir, self._stats_dir, os.getpid())
+        return self._stats_dir
 
     # ------------------------------------------------------------------ public API
 
@@ -194,6 +207,8 @@ class WindowSplitter:
     def stats(self) -> SplitStats:
         """Rows, windows and skipped rows by reason, summed over every process that ran this splitter."""
         stats = SplitStats()
+        if self._stats_dir is None:
+            return stats
         for path in sorted(glob.glob(os.path.join(self._stats_dir, "*.jsonl"))):
             with open(path) as f:
                 for line in f:
@@ -207,7 +222,7 @@ class WindowSplitter:
 
     def reset_stats(self) -> None:
         """Forget what earlier maps recorded."""
-        for path in glob.glob(os.path.join(self._stats_dir, "*.jsonl")):
+        for path in glob.glob(os.path.join(self._stats_dir or "", "*.jsonl")):
             os.remove(path)
         self._seen = 0
 
@@ -219,7 +234,7 @@ class WindowSplitter:
         return self.on_error == "skip" and isinstance(exc, RowFormatError)
 
     def _record(self, rows, windows, skipped, examples):
-        os.makedirs(self._stats_dir, exist_ok=True)
+        os.makedirs(self._ensure_stats_dir(), exist_ok=True)
         rec = {"rows": rows, "windows": windows, "skipped": dict(skipped), "examples": examples[:20]}
         with open(os.path.join(self._stats_dir, f"{os.getpid()}.jsonl"), "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -254,7 +269,8 @@ class WindowSplitter:
         messages, images = _collect_images(messages, example.get("images"), row)
         images = [load_image(im, example.get("_base_dir"), row=row) for im in images]
         text = self.processor.apply_chat_template(messages, tokenize=False)
-        kwargs = {**self.processor_kwargs, "text": [text], "return_tensors": "np"}
+        kwargs = {**self.processor_kwargs, "text": [text], "return_tensors": "np",
+                  "add_special_tokens": not _starts_with_bos(self.processor, text)}
         if images:
             kwargs["images"] = [images]
         try:
@@ -399,6 +415,12 @@ class WindowSplitter:
         return n if n < self.max_length // 2 else (1 if n and ids[0] == spec.bos_id else 0)
 
 
+def _remove_stats_dir(path: str, owner: int) -> None:
+    """Remove a splitter's stats folder, only in the process that made it (workers share it)."""
+    if os.getpid() == owner:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def type_ids(ids: np.ndarray, spec) -> np.ndarray:
     """The family's type-id column: 1 on image placeholders, 2 on video placeholders, else 0."""
     out = (ids == spec.image_token_id).astype(np.int64)
@@ -415,6 +437,12 @@ def _first_text(ids, spans) -> int:
             break
         pos = e
     return pos
+
+
+def _starts_with_bos(processor, text: str) -> bool:
+    """Whether the rendered template already holds BOS (then the tokenizer must not add another)."""
+    bos = getattr(getattr(processor, "tokenizer", processor), "bos_token", None)
+    return bool(bos) and text.startswith(bos)
 
 
 def _marker(processor, part):

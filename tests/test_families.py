@@ -46,7 +46,9 @@ def conversation(family):
 
 def encode(processor, messages, imgs, **kwargs):
     text = processor.apply_chat_template(messages, tokenize=False, **kwargs)
-    enc = processor(text=[text], images=[imgs] if imgs else None, return_tensors="np")
+    bos = processor.tokenizer.bos_token
+    enc = processor(text=[text], images=[imgs] if imgs else None, return_tensors="np",
+                    add_special_tokens=not (bos and text.startswith(bos)))
     return np.asarray(enc["input_ids"])[0], enc
 
 
