@@ -21,8 +21,10 @@ def find_marker(ids: np.ndarray, marker) -> np.ndarray:
     m = len(marker)
     if m == 0 or len(ids) < m:
         return np.zeros(0, dtype=np.int64)
-    view = np.lib.stride_tricks.sliding_window_view(ids, m)
-    return np.flatnonzero((view == np.asarray(marker, dtype=ids.dtype)).all(axis=1))
+    found = np.flatnonzero(ids[: len(ids) - m + 1] == marker[0])
+    for j, tok in enumerate(marker[1:], 1):
+        found = found[ids[found + j] == tok]
+    return found
 
 
 def media_mask(n: int, spans: Spans) -> np.ndarray:

@@ -28,8 +28,11 @@ class Window:
 
 def check_config(max_length: int, overlap: int, prefix_len: int) -> None:
     """Raise `ConfigError` for settings that can never make a window; the message says which to change."""
-    if not isinstance(max_length, (int, np.integer)) or max_length < 1:
-        raise ConfigError(f"max_length={max_length!r} must be a positive integer (e.g. 2048)")
+    if not isinstance(max_length, (int, np.integer)) or max_length < 2:
+        raise ConfigError(
+            f"max_length={max_length!r} must be an integer >= 2 (e.g. 2048): models shift labels, so a window "
+            "trains no token it does not also hold the token before"
+        )
     if not isinstance(overlap, (int, np.integer)) or overlap < 0:
         raise ConfigError(f"overlap={overlap!r} must be an integer >= 0 (0 means no context is repeated)")
     if overlap >= max_length:
@@ -69,7 +72,8 @@ def plan_windows(
         boundaries: sorted positions where a cut is preferred (turn starts); a window ends at the last
             one past `min_fill` of its room, else as late as the spans allow.
         loss_mask: bool per token; a window that would start on a supervised token with nothing before
-            it (no prefix, no context) gets one token of context so the model can predict it.
+            it (no prefix, no context) gets one token of context so the model can predict it. None means
+            every token outside the media spans is supervised.
         min_fill: fraction of a window's room it fills before a turn boundary may end it.
         row: the row's name for error messages.
 
@@ -77,30 +81,43 @@ def plan_windows(
         list of `Window`; their `[start, end)` ranges partition `[0, n_tokens)`.
 
     Raises:
-        ConfigError: max_length, overlap or prefix_len that cannot work.
-        OversizeSpanError: a span that cannot fit in any window (span + prefix > max_length).
-        PrefixError: the prefix ends inside a span.
+        ConfigError: max_length, overlap or a negative prefix_len that cannot work.
+        OversizeSpanError: a span that cannot fit in any window (span + prefix > max_length), or a prefix
+            holding media that leaves no room in a window (the row is longer than max_length).
+        PrefixError: the prefix ends inside a span, or leaves no room (the row is longer than max_length).
 
     Example:
         >>> from chunker.spans import Spans
         >>> s = Spans(np.array([3]), np.array([7]), np.array([0]), np.array([4]))
         >>> [(w.context_start, w.start, w.end) for w in plan_windows(10, s, max_length=5, loss_mask=np.zeros(10, bool))]
-        [(0, 0, 3), (3, 3, 7), (7, 7, 10)]
+        [(0, 0, 3), (3, 3, 8), (8, 8, 10)]
         >>> [(w.context_start, w.start, w.end) for w in plan_windows(10, s, max_length=6, overlap=2, prefix_len=1)]
-        [(0, 0, 3), (3, 3, 7), (7, 7, 10)]
+        [(0, 0, 3), (3, 3, 8), (7, 8, 10)]
     """
-    check_config(max_length, overlap, prefix_len)
+    check_config(max_length, overlap, 0)
+    if prefix_len < 0:
+        raise ConfigError(f"prefix_len={prefix_len!r} must be >= 0")
+    if n_tokens <= max_length:
+        return [Window(0, 0, int(n_tokens))] if n_tokens > 0 else []
     starts = np.asarray(spans.starts, dtype=np.int64)
     ends = np.asarray(spans.ends, dtype=np.int64)
-    _check_prefix(prefix_len, starts, ends, row)
+    _check_prefix(prefix_len, starts, ends, max_length, row)
     _check_oversize(starts, ends, max_length, prefix_len, row)
     bounds = np.asarray([] if boundaries is None else boundaries, dtype=np.int64)
+    if len(bounds) and len(starts):
+        k = np.searchsorted(starts, bounds, side="left") - 1
+        bounds = bounds[(k < 0) | (bounds >= ends[np.maximum(k, 0)])]  # a cut inside a span is no cut
     supervised = None if loss_mask is None else np.asarray(loss_mask, dtype=bool)
 
     def enclosing(pos):
         """Index of the span with start < pos < end, or -1."""
         k = int(np.searchsorted(starts, pos, side="left")) - 1
         return k if k >= 0 and pos < ends[k] else -1
+
+    def span_opens(pos):
+        """True when a span starts at pos: its first token is media, never supervised, so needs no context."""
+        k = int(np.searchsorted(starts, pos, side="left"))
+        return k < len(starts) and starts[k] == pos
 
     def last_cut(limit):
         k = enclosing(limit)
@@ -114,24 +131,16 @@ def plan_windows(
         else:
             pre = prefix_len
             minimal = start
-            if pre == 0 and (supervised is None or supervised[start]):
+            if pre == 0 and (supervised[start] if supervised is not None else not span_opens(start)):
                 k = enclosing(start - 1)
                 minimal = start - 1 if k < 0 else int(starts[k])
             context = min(_context_start(start, overlap, prefix_len, enclosing, ends), minimal)
-        end = _window_end(start, context, pre, max_length, n_tokens, last_cut, bounds, min_fill)
+        end = _window_end(start, context, pre, max_length, n_tokens, last_cut, bounds, min_fill, prefix_len)
         if end <= start and context < minimal:
             context = minimal
-            end = _window_end(start, context, pre, max_length, n_tokens, last_cut, bounds, min_fill)
+            end = _window_end(start, context, pre, max_length, n_tokens, last_cut, bounds, min_fill, prefix_len)
         if end <= start:
-            k = int(np.searchsorted(starts, start, side="left"))
-            s, e = int(starts[k]), int(ends[k])
-            need = e - s + pre + (start - context)
-            raise OversizeSpanError(
-                f"media span [{s}, {e}) of {e - s} tokens needs a window of {need} tokens with its prefix and "
-                f"the token before it, but max_length={max_length}: raise max_length to >= {need} or pass "
-                "on_oversize='skip'",
-                row=row, span=(s, e), span_len=e - s, needed=need,
-            )
+            raise _no_room(start, minimal, pre, max_length, starts, ends, enclosing, row)
         windows.append(Window(int(context), int(start), int(end)))
         start = end
     return windows
@@ -144,7 +153,27 @@ def _context_start(start, overlap, prefix_len, enclosing, ends):
     return context if k < 0 else int(min(ends[k], start))
 
 
-def _window_end(start, context, pre, max_length, n_tokens, last_cut, bounds, min_fill):
+def _no_room(start, minimal, pre, max_length, starts, ends, enclosing, row):
+    """The error of a window that cannot hold its first token(s): the span it opens with, or the span its
+    context must hold whole (the token before a supervised token lies in it)."""
+    nxt = int(np.searchsorted(starts, start, side="left"))
+    first = int(ends[nxt]) - start if nxt < len(starts) and starts[nxt] == start else 1
+    need = pre + (start - minimal) + first
+    k = enclosing(start - 1) if minimal < start else -1
+    if k < 0 and first > 1:
+        k = nxt
+    if k < 0:
+        raise ConfigError(f"max_length={max_length} leaves no room for a token after the {pre}-token prefix")
+    s, e = int(starts[k]), int(ends[k])
+    return OversizeSpanError(
+        f"media span [{s}, {e}) of {e - s} tokens needs a window of {need} tokens with its prefix and the tokens "
+        f"that must come with it, but max_length={max_length}: raise max_length to >= {need} or pass "
+        "on_oversize='skip'",
+        row=row, span=(s, e), span_len=e - s, needed=need,
+    )
+
+
+def _window_end(start, context, pre, max_length, n_tokens, last_cut, bounds, min_fill, prefix_len):
     room = max_length - pre - (start - context)
     if room <= 0:
         return start
@@ -155,12 +184,25 @@ def _window_end(start, context, pre, max_length, n_tokens, last_cut, bounds, min
     if len(bounds):
         floor = start + int(min_fill * room)
         i = int(np.searchsorted(bounds, end, side="right")) - 1
-        if i >= 0 and bounds[i] > max(floor, start):
+        if i >= 0 and bounds[i] > max(floor, start) and bounds[i] >= prefix_len:
             end = int(bounds[i])
     return end
 
 
-def _check_prefix(prefix_len, starts, ends, row):
+def _check_prefix(prefix_len, starts, ends, max_length, row):
+    if prefix_len >= max_length:
+        held = np.flatnonzero(ends <= prefix_len)
+        message = (
+            f"the prefix repeated before every window is {prefix_len} tokens but max_length={max_length} leaves "
+            f"no room after it: raise max_length to >= {prefix_len + 1}"
+        )
+        if len(held):
+            k = int(held[0])
+            raise OversizeSpanError(
+                message + " or pass on_oversize='skip'", row=row, span=(int(starts[k]), int(ends[k])),
+                span_len=int(ends[k] - starts[k]), needed=prefix_len + 1,
+            )
+        raise PrefixError(message + " or use a shorter prefix (prefix='bos' or 'none')", row=row)
     if prefix_len and len(starts):
         inside = (starts < prefix_len) & (ends > prefix_len)
         if inside.any():

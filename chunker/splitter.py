@@ -317,6 +317,13 @@ class WindowSplitter:
                 "image per image placeholder, in order",
                 row=row,
             )
+        videos, n_video = p["videos"], len(spans) - n_image
+        if videos is not None and len(videos) != n_video:
+            raise ImageCountError(
+                f"the row has {len(videos)} videos but its text holds {n_video} video spans: give exactly one "
+                "video per video placeholder, in order",
+                row=row,
+            )
         if images is None and n_image and not tensors:
             raise ImageCountError(
                 f"the text holds {n_image} image spans but the row has no 'images' column and no pixel tensors: "

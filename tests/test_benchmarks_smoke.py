@@ -1,0 +1,34 @@
+"""The benchmark scripts still run: each with --smoke (tiny sizes, seconds). They time nothing here."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_split_smoke(capsys):
+    """bench_split --smoke runs every in-process method on the same rows; chunker makes windows and the table prints."""
+    pytest.importorskip("datasets")
+    results = _script("bench_split").main(["--smoke"])
+    assert {"identity", "chunker", "python_reference"} <= set(results)
+    assert results["chunker"]["rows_out"] > results["identity"]["rows_out"]
+    out = capsys.readouterr().out
+    assert "chunker / identity time" in out and "| chunker |" in out
+
+
+def test_bench_scaling_smoke(capsys):
+    """bench_scaling --smoke splits both sweeps; more rows make more windows."""
+    rows, lengths = _script("bench_scaling").main(["--smoke"])
+    assert rows[1][3] > rows[0][3] and all(p[4] >= p[1] for p in lengths)
+    assert "row tokens" in capsys.readouterr().out

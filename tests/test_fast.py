@@ -1,0 +1,205 @@
+"""The Arrow path (chunker.fast) gives byte-identical windows, errors and stats to the row path (split_example)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conversations import BOS, CLOSE, IGNORE, IMG, OPEN, conversations
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chunker import ChunkerError, ImageSpanSpec, WindowSplitter
+from chunker.fast import split_arrow_batch
+
+KINDS = ("bracket", "run", "terminated_run", "tiles")
+
+
+def _batch_rows(convs, with_images=True):
+    """Pre-tokenized rows of several conversations, all with the first one's label source and columns."""
+    lead = convs[0]
+    rows = []
+    for c in convs:
+        c.train_from, c.with_tensors, c.with_images = lead.train_from, False, with_images
+        rows.append(c.row())
+    if any("videos" in r for r in rows):
+        for r in rows:
+            r.setdefault("videos", [])
+    return rows
+
+
+def _row_path(splitter, rows, indices):
+    """What the row path gives for the same rows: a list of window dicts with plain-list values."""
+    columns = {key: [r[key] for r in rows] for key in rows[0]}
+    out = splitter(columns, indices)
+    n = len(out["input_ids"])
+    return [{k: (v[i].tolist() if hasattr(v[i], "tolist") else v[i]) for k, v in out.items()} for i in range(n)]
+
+
+def _outcome(fn):
+    try:
+        return fn(), None
+    except ChunkerError as exc:
+        return None, (type(exc).__name__, str(exc))
+
+
+def _settings(lead, data):
+    return dict(
+        spec=lead.spec, max_length=lead.max_length, overlap=lead.overlap, prefix=lead.prefix,
+        on_oversize=data.draw(st.sampled_from(["raise", "skip"])), on_error=data.draw(st.sampled_from(["raise", "skip"])),
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@given(data=st.data())
+def test_arrow_path_windows_errors_and_stats_equal_row_path(kind, data):
+    """Invariant 7 across paths: for batches of any grammar, overlap, prefix, label source and skip policy, the
+    Arrow path returns the same windows (values, column order), raises the same error, and
+    records the same stats (rows, windows, skipped by reason, examples) as the row path."""
+    lead = data.draw(conversations(kind=kind))
+    others = data.draw(st.lists(conversations(family=lead.family), max_size=4))
+    convs = [lead, *others]
+    rows = _batch_rows(convs)
+    indices = data.draw(st.lists(st.integers(0, 10**6), min_size=len(rows), max_size=len(rows), unique=True))
+    settings = _settings(lead, data)
+    slow, fast = WindowSplitter(**settings), WindowSplitter(**settings)
+    expected, expected_error = _outcome(lambda: _row_path(slow, rows, indices))
+    table, error = _outcome(lambda: split_arrow_batch(fast, pa.Table.from_pylist(rows), indices))
+    assert error == expected_error
+    if expected_error:
+        return
+    got = table.to_pylist()
+    assert [list(w) for w in got] == [list(w) for w in expected]
+    assert got == expected
+    # the types `datasets` gives the row path's columns when it writes them
+    for name, value_type in (("input_ids", pa.int32()), ("labels", pa.int64()), ("attention_mask", pa.int8())):
+        assert table.schema.field(name).type == pa.list_(value_type)
+    assert slow.stats.as_dict() == fast.stats.as_dict()
+
+
+def _gemma_like(n_rows, seed=0, bad=()):
+    """Rows of a small bracket grammar (4 tokens per image); rows in `bad` get an unclosed image."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in range(n_rows):
+        ids, labels, images = [BOS], [IGNORE], []
+        for t in range(int(rng.integers(1, 5))):
+            for _ in range(int(rng.integers(0, 3))):
+                block = [OPEN, IMG, IMG, IMG, IMG, CLOSE]
+                ids += block
+                labels += [IGNORE] * len(block)
+                images.append(f"r{r}i{len(images)}")
+            text = rng.integers(1000, 2000, size=int(rng.integers(3, 40))).tolist()
+            answer = rng.integers(1000, 2000, size=int(rng.integers(3, 40))).tolist()
+            ids += text + answer
+            labels += [IGNORE] * len(text) + answer
+        if r in bad:
+            ids += [OPEN, IMG]
+            labels += [IGNORE, IGNORE]
+        rows.append({"input_ids": ids, "labels": labels, "images": images})
+    return rows
+
+
+SPEC = ImageSpanSpec(
+    family="custom", kind="bracket", image_token_id=IMG, open_ids=(OPEN,), close_ids=(CLOSE,), tokens_per_image=4,
+    type_ids_column="token_type_ids", bos_id=BOS,
+)
+
+
+def test_dataset_map_takes_arrow_path_and_matches_rows():
+    """`ds.map(splitter, batched=True, ...)` as the README shows it returns what the row path gives, with the
+    skipped rows counted the same; an Arrow-formatted dataset gives the same."""
+    datasets = pytest.importorskip("datasets")
+    rows = _gemma_like(40, bad=(3, 17))
+    ds = datasets.Dataset.from_list(rows)
+    fast = WindowSplitter(spec=SPEC, max_length=24, overlap=4, on_error="skip")
+    slow = WindowSplitter(spec=SPEC, max_length=24, overlap=4, on_error="skip")
+    kw = dict(batched=True, batch_size=16, with_indices=True, remove_columns=ds.column_names)
+    got = ds.map(fast, **kw)
+    # dict(batch) turns the lazy Arrow batch into Python lists: the row path.
+    want = ds.map(lambda b, i: slow(dict(b), i), **kw)
+    assert got.to_list() == want.to_list()
+    assert got.features == want.features
+    assert fast.stats.as_dict() == slow.stats.as_dict()
+    assert fast.stats.skipped == {"SpanError": 2}
+    fast.reset_stats()
+    arrow = ds.with_format("arrow").map(fast, **kw)
+    assert arrow.to_list() == want.to_list()
+    assert isinstance(fast(ds.with_format("arrow")[:8], list(range(8))), pa.Table)
+
+
+def test_image_feature_survives_the_arrow_path(tmp_path):
+    """Images stored as `datasets.Image()` keep their feature and bytes through the Arrow path (no re-encoding)."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    rows = _gemma_like(6, seed=2)
+    for r in rows:
+        paths = []
+        for k, _ in enumerate(r["images"]):
+            path = tmp_path / f"{len(paths)}-{k}-{id(r)}.png"
+            Image.new("RGB", (4 + k, 3), (k * 40, 10, 10)).save(path)
+            paths.append(str(path))
+        r["images"] = paths
+    features = datasets.Features({
+        "input_ids": datasets.List(datasets.Value("int64")), "labels": datasets.List(datasets.Value("int64")),
+        "images": datasets.List(datasets.Image()),
+    })
+    ds = datasets.Dataset.from_list(rows, features=features)
+    splitter = WindowSplitter(spec=SPEC, max_length=20)
+    out = ds.map(splitter, batched=True, with_indices=True, remove_columns=ds.column_names)
+    assert out.features["images"] == datasets.List(datasets.Image())
+    for w in out:
+        source = ds[w["source_index"]]
+        sizes = [im.size for im in source["images"]]
+        assert all(im.size in sizes for im in w["images"])
+    assert sum(len(w["images"]) for w in out) >= sum(len(r["images"]) for r in rows)
+
+
+def test_ineligible_batches_take_the_row_path():
+    """Python lists, pixel tensors and conversational rows are left to the row path (None), which still accepts
+    an Arrow table by turning it into Python lists."""
+    rows = _gemma_like(3)
+    splitter = WindowSplitter(spec=SPEC, max_length=24)
+    assert split_arrow_batch(splitter, {k: [r[k] for r in rows] for k in rows[0]}) is None
+    with_pixels = pa.Table.from_pylist([{**r, "pixel_values": [[0.0]] * len(r["images"])} for r in rows])
+    assert split_arrow_batch(splitter, with_pixels) is None
+    out = splitter(with_pixels, [0, 1, 2])
+    assert isinstance(out, dict) and "pixel_values" in out
+    assert split_arrow_batch(splitter, pa.table({"messages": [[{"role": "user", "content": "hi"}]]})) is None
+
+
+def test_fast_path_counts_indices_on_without_with_indices():
+    """Without `with_indices`, source_index counts on across batches as in the row path."""
+    rows = _gemma_like(6, seed=5)
+    table = pa.Table.from_pylist(rows)
+    splitter = WindowSplitter(spec=SPEC, max_length=24)
+    first = split_arrow_batch(splitter, table.slice(0, 3))
+    second = split_arrow_batch(splitter, table.slice(3, 3))
+    assert sorted(set(first.column("source_index").to_pylist())) == [0, 1, 2]
+    assert sorted(set(second.column("source_index").to_pylist())) == [3, 4, 5]
+
+
+def test_fast_path_raises_the_row_error():
+    """Under on_error='raise', an unclosed image in the batch raises the same SpanError as split_example."""
+    rows = _gemma_like(5, bad=(2,))
+    splitter = WindowSplitter(spec=SPEC, max_length=24)
+    with pytest.raises(ChunkerError) as fast:
+        split_arrow_batch(splitter, pa.Table.from_pylist(rows), list(range(5)))
+    with pytest.raises(ChunkerError) as slow:
+        splitter.split_example(rows[2], index=2)
+    assert type(fast.value) is type(slow.value) and str(fast.value) == str(slow.value)
+    assert "row 2" in str(fast.value)
+
+
+def test_regular_rows_skip_the_exact_path_and_irregular_ones_take_it():
+    """Whole-batch span finding covers regular rows (no per-row pass over tokens); an unclosed image, labels that
+    disagree with the ids and an empty row send just those rows to the exact per-row calls."""
+    from chunker.fast import _batch_facts, _flat_columns
+
+    rows = _gemma_like(8, bad=(1,))
+    rows[4]["labels"][-1] = rows[4]["input_ids"][-1] + 1
+    rows[6] = {"input_ids": [], "labels": [], "images": []}
+    splitter = WindowSplitter(spec=SPEC, max_length=24)
+    facts = _batch_facts(splitter, _flat_columns(pa.Table.from_pylist(rows)))
+    assert np.flatnonzero(facts["exact"]).tolist() == [1, 4, 6]
