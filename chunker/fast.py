@@ -47,7 +47,7 @@ def split_arrow_batch(splitter, batch, indices=None):
         a `pyarrow.Table` of window rows with the columns and values `split_example` gives (input_ids,
         labels, attention_mask, the type-id column, images/videos when the rows have them, source_index,
         window_index, num_windows), or None when the batch is not eligible (not Arrow, conversational
-        rows, pixel tensors, null or non-integer tokens).
+        rows, pixel tensors, null or non-integer tokens, `drop_unsupervised=True`).
 
     Raises:
         ChunkerError: a row that cannot be split, under on_error/on_oversize="raise" (the same error
@@ -69,7 +69,7 @@ def split_arrow_batch(splitter, batch, indices=None):
     import pyarrow as pa
 
     table = _as_table(batch)
-    if table is None or not _eligible(table):
+    if table is None or splitter.drop_unsupervised or not _eligible(table):
         return None
     n = table.num_rows
     if indices is None:

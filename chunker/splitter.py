@@ -38,6 +38,7 @@ class SplitStats:
 
     rows: int = 0
     windows: int = 0
+    unsupervised_windows: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: list = field(default_factory=list)
 
@@ -46,7 +47,8 @@ class SplitStats:
         return sum(self.skipped.values())
 
     def as_dict(self) -> dict:
-        return {"rows": self.rows, "windows": self.windows, "skipped": dict(self.skipped), "examples": self.examples}
+        return {"rows": self.rows, "windows": self.windows, "unsupervised_windows": self.unsupervised_windows,
+                "skipped": dict(self.skipped), "examples": self.examples}
 
 
 class WindowSplitter:
@@ -71,6 +73,9 @@ class WindowSplitter:
         min_fill: fraction of a window's room it fills before a turn start may end it.
         processor_kwargs: extra keywords for the processor call (e.g. {"do_pan_and_scan": True});
             give the collator the same ones so pixels match the token counts.
+        drop_unsupervised: leave out windows that train no token (e.g. a window holding only a user
+            prompt and its images); they carry no loss, and a batch made only of them gives the model a
+            NaN loss. Counted in `splitter.stats.unsupervised_windows`.
 
     Raises:
         ConfigError: settings that can never make a window, unknown policies.
@@ -100,6 +105,7 @@ class WindowSplitter:
         keep_pixels: bool = True,
         min_fill: float = 0.5,
         processor_kwargs: dict | None = None,
+        drop_unsupervised: bool = False,
     ):
         from .labels import TRAIN_ON
 
@@ -130,6 +136,7 @@ class WindowSplitter:
         self.keep_pixels = keep_pixels
         self.min_fill = min_fill
         self.processor_kwargs = dict(processor_kwargs or {})
+        self.drop_unsupervised = bool(drop_unsupervised)
         self.vocab_size = _vocab_size(processor)
         self._stats_dir = None
         self._seen = 0
@@ -164,11 +171,11 @@ class WindowSplitter:
             indices = range(self._seen, self._seen + n)
         self._seen += n
         out: dict[str, list] = {}
-        counts, skipped, examples = 0, Counter(), []
+        counts, dropped, skipped, examples = 0, 0, Counter(), []
         for i, index in enumerate(indices):
             row = {k: v[i] for k, v in batch.items()}
             try:
-                windows = self.split_example(row, index=int(index))
+                windows, n_dropped = self._split(row, int(index))
             except ChunkerError as exc:
                 if not self._skips(exc):
                     raise
@@ -176,10 +183,11 @@ class WindowSplitter:
                 examples.append({"row": int(index), "reason": str(exc)})
                 continue
             counts += len(windows)
+            dropped += n_dropped
             for w in windows:
                 for key, value in w.items():
                     out.setdefault(key, []).append(value)
-        self._record(n, counts, skipped, examples)
+        self._record(n, counts, skipped, examples, dropped)
         if not out:
             out = {key: [] for key in ("input_ids", "labels", "attention_mask", "source_index")}
         return out
@@ -199,9 +207,18 @@ class WindowSplitter:
         Raises:
             RowFormatError and its subclasses: the row cannot be split; the message names it and the fix.
         """
+        return self._split(example, index)[0]
+
+    def _split(self, example: dict, index) -> tuple[list[dict], int]:
+        """The example's window rows, and how many windows without loss were left out."""
         row = index if index is not None else example.get("source_index", example.get("id"))
-        parsed = self._parse(example, row)
-        return self._windows(parsed, row)
+        windows = self._windows(self._parse(example, row), row)
+        if not self.drop_unsupervised:
+            return windows, 0
+        kept = [w for w in windows if (w["labels"][1:] != IGNORE).any()]
+        for k, w in enumerate(kept):
+            w["window_index"], w["num_windows"] = k, len(kept)
+        return kept, len(windows) - len(kept)
 
     @property
     def stats(self) -> SplitStats:
@@ -215,6 +232,7 @@ class WindowSplitter:
                     rec = json.loads(line)
                     stats.rows += rec["rows"]
                     stats.windows += rec["windows"]
+                    stats.unsupervised_windows += rec.get("unsupervised", 0)
                     stats.skipped.update(rec["skipped"])
                     stats.examples.extend(rec["examples"])
         stats.examples.sort(key=lambda e: e["row"])
@@ -233,9 +251,10 @@ class WindowSplitter:
             return self.on_oversize == "skip" or self.on_error == "skip"
         return self.on_error == "skip" and isinstance(exc, RowFormatError)
 
-    def _record(self, rows, windows, skipped, examples):
+    def _record(self, rows, windows, skipped, examples, unsupervised=0):
         os.makedirs(self._ensure_stats_dir(), exist_ok=True)
-        rec = {"rows": rows, "windows": windows, "skipped": dict(skipped), "examples": examples[:20]}
+        rec = {"rows": rows, "windows": windows, "skipped": dict(skipped), "examples": examples[:20],
+               "unsupervised": unsupervised}
         with open(os.path.join(self._stats_dir, f"{os.getpid()}.jsonl"), "a") as f:
             f.write(json.dumps(rec) + "\n")
 
