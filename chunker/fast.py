@@ -90,10 +90,18 @@ def split_arrow_batch(splitter, batch, indices=None):
 
 
 def as_columns(batch):
-    """A dict of columns the row path can read: an Arrow table (or lazy Arrow batch) becomes Python lists."""
+    """A dict of columns the row path can read: an Arrow table (or lazy Arrow batch) becomes Python lists.
+
+    A lazy `datasets` batch is read through its own indexing so its features decode (JSON-typed message
+    content, images); a raw `pyarrow.Table` has no features to apply.
+    """
+    import pyarrow as pa
+
     table = _as_table(batch)
+    if isinstance(batch, pa.Table):
+        return batch.to_pydict()
     if table is not None and not isinstance(batch, dict):
-        return table.to_pydict()
+        return {k: batch[k] for k in batch.keys()}
     if isinstance(batch, dict) and any(_is_arrow(v) for v in batch.values()):
         return {k: (v.to_pylist() if _is_arrow(v) else v) for k, v in batch.items()}
     return batch

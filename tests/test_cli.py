@@ -1,0 +1,245 @@
+"""The `chunker` command end to end: demo, check, split, and one-line errors, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chunker.cli import main
+from chunker.media import load_image
+from chunker.sources import load_processor, load_rows
+from chunker.testing.demo import make_conversations, write_jsonl, write_parquet
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = ((56, 56), (84, 56), (56, 84))  # 4 or 6 placeholder tokens each with the demo processor
+
+
+def run_cli(*args, extra_env=None, timeout=300):
+    """`python -m chunker ARGS` in a fresh process, offline, from the repository root."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(extra_env or {})}
+    return subprocess.run([sys.executable, "-m", "chunker", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env, check=False)
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line (CI may print third-party FutureWarnings on stderr before ours)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """Four long conversations as TRL JSONL, Unsloth JSONL and Parquet (bytes), plus the rows in memory."""
+    folder = tmp_path_factory.mktemp("clean")
+    rows = make_conversations(4, seed=3, sizes=SIZES)
+    write_jsonl(rows, folder, name="data.jsonl")
+    write_jsonl(rows, folder, name="unsloth.jsonl", layout="unsloth")
+    write_parquet(rows, folder / "data.parquet")
+    return {"dir": folder, "rows": rows}
+
+
+@pytest.fixture(scope="module")
+def dirty(tmp_path_factory):
+    """Rows 0-3 are good; row 4 names a missing image, row 5 has 2 placeholders but 1 image, row 6 holds an
+    image whose span (64 tokens + 2 brackets) can never fit a 64-token window."""
+    folder = tmp_path_factory.mktemp("dirty")
+    good = make_conversations(4, seed=5, sizes=SIZES)
+    missing, short, big = make_conversations(3, seed=6, sizes=SIZES, images_per_turn=(1, 1))
+    short["messages"][1]["content"].insert(0, {"type": "image"})
+    big["images"][0] = big["images"][0].resize((224, 224))
+    path = write_jsonl([*good, missing, short, big], folder, name="data.jsonl")
+    (folder / "images" / "data-4-0.png").unlink()
+    return {"path": path, "good": good}
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return load_processor("demo")
+
+
+def test_bundled_demo_processor_is_a_real_qwen2_vl_processor_equal_to_the_builder(processor):
+    """The package data loads as the real Qwen2VLProcessor class and tokenizes exactly as the builder's processor,
+    and its saved config names the real class (so plain AutoProcessor loads it wherever torchvision exists)."""
+    from transformers import Qwen2VLProcessor
+
+    from chunker.sources import DEMO_PROCESSOR_DIR
+    from chunker.testing.families_b import build_processor
+
+    assert isinstance(processor, Qwen2VLProcessor)
+    config = json.loads((DEMO_PROCESSOR_DIR / "processor_config.json").read_text())
+    assert config["processor_class"] == "Qwen2VLProcessor"
+    assert config["video_processor"]["video_processor_type"] == "Qwen2VLVideoProcessor"
+    built = build_processor("qwen2_vl")
+    row = make_conversations(1, seed=9, sizes=SIZES)[0]
+    text = processor.apply_chat_template(row["messages"], tokenize=False)
+    assert text == built.apply_chat_template(row["messages"], tokenize=False)
+    ours = processor(text=[text], images=row["images"])
+    theirs = built(text=[text], images=row["images"])
+    assert np.array_equal(ours["input_ids"], theirs["input_ids"])
+    assert np.array_equal(ours["image_grid_thw"], theirs["image_grid_thw"])
+
+
+def test_demo_conserves_supervision_cuts_no_span_and_trains():
+    """`chunker demo`: supervised tokens before == after, 0 spans cut, naive truncation breaks rows and the model
+    raises on it, and the tiny model trains on the windows with finite, falling loss."""
+    r = run_cli("demo", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    table = dict(re.findall(r"^(\S.*?)\s{2,}(\S+(?: of \d+)?)$", out, flags=re.MULTILINE))
+    before = int(table["supervised tokens before"].replace(",", ""))
+    after = int(table["supervised tokens after"].replace(",", ""))
+    assert before == after > 0
+    assert table["image spans cut"] == "0"
+    assert int(table["windows out"]) > int(table["rows in"])
+    broken = int(table["rows naive truncation at 512 breaks"].split(" of ")[0])
+    assert broken >= 1
+    assert "Image features and image tokens do not match" in out
+    losses = [float(x) for x in re.findall(r"step \d+: loss ([0-9.naninf]+)", out)]
+    assert len(losses) == 6 and all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+    assert "Traceback" not in r.stderr
+
+
+def _truth(processor, row, n):
+    """tokens, images and whether truncation at n cuts or drops an image span, computed from the processor alone."""
+    text = processor.apply_chat_template(row["messages"], tokenize=False)
+    ids = np.asarray(processor(text=[text], images=row["images"])["input_ids"][0])
+    end = processor.tokenizer.convert_tokens_to_ids("<|vision_end|>")
+    return len(ids), len(row["images"]), bool((np.flatnonzero(ids == end) + 1 > n).any())
+
+
+def test_check_json_has_exact_keys_true_counts_and_exit_1_when_rows_break(clean, processor):
+    """`check --json` prints exactly {"rows": [{index, tokens, images, breaks, windows}], "summary"}; the counts
+    match the processor's own tokenization; exit code 1 because truncation at 128 breaks rows."""
+    n = 128
+    r = run_cli("check", clean["dir"] / "data.jsonl", "--processor", "demo", "--max-length", n, "--json")
+    assert r.returncode == 1, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert set(out) == {"rows", "summary"}
+    assert [row["index"] for row in out["rows"]] == [0, 1, 2, 3]
+    for got, conv in zip(out["rows"], clean["rows"]):
+        assert set(got) == {"index", "tokens", "images", "breaks", "windows"}
+        tokens, images, breaks = _truth(processor, conv, n)
+        assert (got["tokens"], got["images"], got["breaks"]) == (tokens, images, breaks)
+        assert got["windows"] >= -(-tokens // n)
+    s = out["summary"]
+    assert s["rows_breaking"] == sum(row["breaks"] for row in out["rows"]) >= 1
+    assert s["windows"] == sum(row["windows"] for row in out["rows"])
+    assert s["max_length"] == n and s["rows"] == 4
+
+
+def test_check_exits_0_when_nothing_breaks(clean):
+    """The same data at a max_length above every row: no row breaks, one window each, exit code 0."""
+    r = run_cli("check", clean["dir"] / "data.jsonl", "-p", "demo", "-n", 100_000, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(r.stdout)["rows"]
+    assert [row["breaks"] for row in rows] == [False] * 4
+    assert [row["windows"] for row in rows] == [1] * 4
+
+
+def test_check_reads_trl_unsloth_and_parquet_rows_alike(clean, capsys):
+    """TRL JSONL (image paths column), Unsloth JSONL (paths inline) and Parquet (image bytes) scan identically;
+    the table output names the breaking rows and the summary."""
+    results = []
+    for name in ("data.jsonl", "unsloth.jsonl", "data.parquet"):
+        code = main(["check", str(clean["dir"] / name), "-p", "demo", "-n", "128", "--json"])
+        results.append((code, json.loads(capsys.readouterr().out)["rows"]))
+    assert results[0] == results[1] == results[2]
+    assert results[0][0] == 1
+    code = main(["check", str(clean["dir"] / "data.jsonl"), "-p", "demo", "-n", "128"])
+    text = capsys.readouterr().out
+    assert code == 1
+    assert "rows truncation would break" in text and "BREAKS" in text
+
+
+def test_split_arrow_writes_windows_report_and_counts_skipped_rows_across_processes(dirty, tmp_path, processor):
+    """`split --num-proc 2`: the save_to_disk windows reload; every window fits; the three bad rows are skipped and
+    counted by reason in report.json (summed over both processes); report.png is a PNG; the supervised tokens
+    of the good rows are all kept; the images are embedded as bytes."""
+    import datasets
+
+    from chunker import WindowSplitter
+
+    out = tmp_path / "out"
+    r = run_cli("split", dirty["path"], "-p", "demo", "-n", 64, "-k", 8, "--out", out, "--num-proc", 2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["rows"] == 7
+    assert report["skipped"] == {"ImageDecodeError": 1, "ImageCountError": 1, "OversizeSpanError": 1}
+    windows = datasets.load_from_disk(str(out / "windows"))
+    assert len(windows) == report["windows"] > 4
+    lengths = [len(x) for x in windows["input_ids"]]
+    assert max(lengths) <= 64 and report["window_length"]["p100"] == max(lengths)
+    assert sorted(set(windows["source_index"])) == [0, 1, 2, 3]
+    supervised = sum(int((np.asarray(x) != -100).sum()) for x in windows["labels"])
+    whole = WindowSplitter(processor, max_length=1 << 30)
+    full = sum(int((np.asarray(w["labels"]) != -100).sum()) for row in dirty["good"] for w in whole.split_example(row))
+    assert report["supervised_tokens"] == supervised == full
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    raw = windows.cast_column("images", datasets.List(datasets.Image(decode=False)))["images"]
+    assert all(im["bytes"] for row in raw for im in row)  # self-contained: no pointers to the source files
+    assert "rows skipped" in r.stdout and "OversizeSpanError" in r.stdout
+
+
+def test_split_parquet_reloads_with_the_windows_of_dataset_map(clean, tmp_path, processor):
+    """`split --format parquet`: the Parquet file reloads with the same windows `Dataset.map(splitter)` makes."""
+    import datasets
+
+    from chunker import WindowSplitter
+
+    out = tmp_path / "out"
+    r = run_cli("split", clean["dir"] / "data.parquet", "-p", "demo", "-n", 128, "-k", 16, "--out", out,
+                "--format", "parquet", "--no-plot")
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = datasets.load_dataset("parquet", data_files=str(out / "windows.parquet"), split="train")
+    ds = load_rows(str(clean["dir"] / "data.parquet"))
+    ref = ds.map(WindowSplitter(processor, max_length=128, overlap=16), batched=True, with_indices=True,
+                 remove_columns=ds.column_names)
+    assert len(got) == len(ref) > 4
+    for key in ("input_ids", "labels", "mm_token_type_ids", "source_index", "window_index", "num_windows"):
+        assert got[key] == ref[key], key
+    a, b = got[len(got) // 2]["images"], ref[len(ref) // 2]["images"]
+    assert len(a) == len(b) and all(np.array_equal(np.asarray(load_image(x)), np.asarray(load_image(y)))
+                                    for x, y in zip(a, b))
+    assert (out / "report.json").exists() and not (out / "report.png").exists()
+
+
+@pytest.mark.parametrize(
+    "bad, good, expected",
+    [
+        ({"data": "missing.jsonl"}, {}, "does not exist"),
+        ({"data": "table.csv"}, {}, "unknown type '.csv'"),
+        ({"data": "some-org/some-dataset"}, {}, "hub is offline"),
+        ({"processor": "empty-folder"}, {}, "cannot load a processor"),
+        ({"overlap": "64"}, {}, "overlap=64 must be smaller than max_length=64"),
+    ],
+    ids=["missing-file", "unknown-suffix", "hub-offline", "not-a-processor", "overlap-too-large"],
+)
+def test_errors_are_one_line_with_exit_2_and_the_happy_twin_runs(bad, good, expected, clean, tmp_path, capsys):
+    """A bad argument ends in one line `chunker: error: ...` (the last line of stderr) and exit code 2, no
+    traceback; the same command with that one argument corrected runs (exit 0 or 1)."""
+    (tmp_path / "table.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "empty-folder").mkdir()
+    base = {"data": str(clean["dir"] / "data.jsonl"), "processor": "demo", "overlap": "8"}
+
+    def argv(over):
+        a = {**base, **over}
+        data = a["data"] if a["data"] in (base["data"], "some-org/some-dataset") else str(tmp_path / a["data"])
+        proc = a["processor"] if a["processor"] == "demo" else str(tmp_path / a["processor"])
+        return ["check", data, "-p", proc, "-n", "64", "-k", a["overlap"]]
+
+    r = run_cli(*argv(bad))
+    assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
+    line = last_line(r.stderr)
+    assert line.startswith("chunker: error: ") and expected in line, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert main(argv(good)) in (0, 1)
+    capsys.readouterr()
