@@ -17,7 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._data import gemma3_spec, gemma3_table, machine, table  # noqa: E402
+from benchmarks._data import gemma3_spec, gemma3_table, machine, table
 
 
 def split_time(tbl, max_length: int, batch_size: int = 1000) -> tuple[float, int]:

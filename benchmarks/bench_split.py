@@ -19,8 +19,18 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._data import (  # noqa: E402
-    BOI, BOS, EOI, SOFT, gemma3_dataset, gemma3_spec, machine, peak_rss_mb, reset_peak_rss, rss_mb, table,
+from benchmarks._data import (
+    BOI,
+    BOS,
+    EOI,
+    SOFT,
+    gemma3_dataset,
+    gemma3_spec,
+    machine,
+    peak_rss_mb,
+    reset_peak_rss,
+    rss_mb,
+    table,
 )
 
 TOKEN_COLUMNS = ["input_ids", "labels", "attention_mask", "token_type_ids"]

@@ -212,7 +212,7 @@ def run_demo(args) -> int:
 
     from .check import check_rows
     from .report import format_table
-    from .sources import load_processor
+    from .sources import load_processor, quiet_progress
     from .splitter import WindowSplitter
     from .testing.demo import make_conversations
 
@@ -222,7 +222,7 @@ def run_demo(args) -> int:
     ds = datasets.Dataset.from_list(rows)
     splitter = WindowSplitter(processor, max_length=args.max_length, overlap=args.overlap)
     whole = WindowSplitter(processor, max_length=1 << 30)
-    with _no_progress():
+    with quiet_progress():
         scan = check_rows(ds, splitter)["summary"]
         full = ds.map(whole, batched=True, with_indices=True, remove_columns=ds.column_names)
         windows = ds.map(splitter, batched=True, with_indices=True, remove_columns=ds.column_names)
@@ -347,20 +347,6 @@ def _quiet_third_party(verbose: bool) -> None:
 
     logging.getLogger("torch").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-
-
-class _no_progress:
-    def __enter__(self):
-        import datasets
-
-        self._was = datasets.utils.logging.is_progress_bar_enabled()
-        datasets.utils.logging.disable_progress_bar()
-
-    def __exit__(self, *exc):
-        import datasets
-
-        if self._was:
-            datasets.utils.logging.enable_progress_bar()
 
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ def as_columns(batch):
     if isinstance(batch, pa.Table):
         return batch.to_pydict()
     if table is not None and not isinstance(batch, dict):
-        return {k: batch[k] for k in batch.keys()}
+        names = list(batch.keys())
+        return {k: batch[k] for k in names}
     if isinstance(batch, dict) and any(_is_arrow(v) for v in batch.values()):
         return {k: (v.to_pylist() if _is_arrow(v) else v) for k, v in batch.items()}
     return batch
@@ -125,9 +126,10 @@ def _as_table(batch):
     lazy = getattr(batch, "pa_table", None)
     if isinstance(lazy, pa.Table) and hasattr(batch, "keys_to_format"):
         return lazy
-    if isinstance(batch, dict) and batch and _is_arrow(batch.get("input_ids")):
-        if all(_is_arrow(v) for v in batch.values()):
-            return pa.table(dict(batch))
+    if isinstance(batch, dict) and batch and _is_arrow(batch.get("input_ids")) and all(
+        _is_arrow(v) for v in batch.values()
+    ):
+        return pa.table(dict(batch))
     return None
 
 
@@ -224,7 +226,7 @@ def _batch_facts(splitter, cols):
     spec = splitter.spec
     flat, offsets = cols["input_ids"]
     n_rows = len(offsets) - 1
-    row_of = lambda pos: np.searchsorted(offsets, pos, side="right") - 1  # noqa: E731
+    row_of = lambda pos: np.searchsorted(offsets, pos, side="right") - 1
     exact = np.zeros(n_rows, dtype=bool)
     exact |= offsets[1:] == offsets[:-1]
     vocab = splitter.vocab_size
@@ -318,7 +320,7 @@ def _run_spans(ph, offsets, row_of, spec, exact):
 
 def _plan_rows(splitter, cols, facts, indices):
     """Per row: the windows (prefix_len, plan, labels) and the chosen media items, or the error counted as skipped."""
-    flat, offsets = cols["input_ids"]
+    _, offsets = cols["input_ids"]
     plans, skipped, examples = [], Counter(), []
     for i in range(len(offsets) - 1):
         row = int(indices[i])
@@ -355,8 +357,8 @@ def _exact_row(splitter, cols, i, row):
         mask = splitter._loss_mask(parsed, ids, spans, row)
         return mask, labels_from_mask(ids, mask)
 
-    bounds = lambda: turn_boundaries(ids, splitter.spec.instruction_ids, splitter.spec.response_ids)  # noqa: E731
-    prefix = lambda: splitter._prefix_len(ids, spans)  # noqa: E731
+    bounds = lambda: turn_boundaries(ids, splitter.spec.instruction_ids, splitter.spec.response_ids)
+    prefix = lambda: splitter._prefix_len(ids, spans)
     return _finish_row(splitter, cols, i, row, ids, spans, loss, prefix, bounds)
 
 
@@ -471,7 +473,7 @@ def _assemble(splitter, table, cols, plans, indices):
         src.append(np.full(w, indices[p["i"]], dtype=np.int64))
         k.append(np.arange(w, dtype=np.int64))
         nwin.append(np.full(w, w, dtype=np.int64))
-    cat = lambda parts, dtype=np.int64: np.concatenate(parts, dtype=dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+    cat = lambda parts, dtype=np.int64: np.concatenate(parts, dtype=dtype) if parts else np.zeros(0, dtype)
     wide = any(p["ids"].dtype.itemsize > 4 and len(p["ids"]) and p["ids"].max() >= 2**31 for p in plans)
     win_ids = cat(ids_parts, np.int64 if wide else NARROW_TYPES["input_ids"])
     labels = cat(label_parts)

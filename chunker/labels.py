@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ConfigError, RowFormatError
-from .spans import Spans
+from .spans import Spans, media_mask
 
 IGNORE = -100
 TRAIN_ON = ("assistant", "all")
@@ -25,14 +25,6 @@ def find_marker(ids: np.ndarray, marker) -> np.ndarray:
     for j, tok in enumerate(marker[1:], 1):
         found = found[ids[found + j] == tok]
     return found
-
-
-def media_mask(n: int, spans: Spans) -> np.ndarray:
-    """True on every position inside a media span."""
-    delta = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(delta, spans.starts, 1)
-    np.add.at(delta, spans.ends, -1)
-    return np.cumsum(delta)[:-1] > 0
 
 
 def loss_mask(ids, spans: Spans, *, train_on="assistant", instruction_ids=(), response_ids=(), row=None):

@@ -162,7 +162,7 @@ def _load_file(path: Path):
             "file, or a save_to_disk folder"
         )
     try:
-        with _quiet():
+        with quiet_progress():
             return datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets wraps parse errors in several types; all mean "unreadable file"
         raise SourceError(
@@ -200,7 +200,7 @@ def _load_hub(name: str, split: str):
             ".jsonl/.parquet file or a save_to_disk folder"
         )
     try:
-        with _quiet():
+        with quiet_progress():
             return datasets.load_dataset(name, split=split)
     except Exception as exc:  # network, auth and missing-repo errors come in many types
         raise SourceError(
@@ -223,7 +223,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-class _quiet:
+class quiet_progress:
     """Silence datasets' progress bars while loading a source (the CLI draws its own)."""
 
     def __enter__(self):

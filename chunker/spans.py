@@ -130,6 +130,14 @@ def split_runs(spans: Spans, item_counts, *, row=None) -> Spans:
     return Spans(starts, starts + want, spans.kinds[run], want)
 
 
+def media_mask(n: int, spans: Spans) -> np.ndarray:
+    """True on every position of `n` that lies inside a media span."""
+    delta = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(delta, spans.starts, 1)
+    np.add.at(delta, spans.ends, -1)
+    return np.cumsum(delta)[:-1] > 0
+
+
 def _isin(ids, values) -> np.ndarray:
     return np.isin(ids, np.asarray(values, dtype=np.int64)) if values else np.zeros(len(ids), bool)
 
@@ -259,11 +267,7 @@ def _with_counts(ids, spec, starts, ends) -> Spans:
 
 def _check_no_stray(ids, spec, spans, row):
     structural = _isin(ids, spec.structural_ids)
-    inside = np.zeros(len(ids) + 1, dtype=np.int64)
-    np.add.at(inside, spans.starts, 1)
-    np.add.at(inside, spans.ends, -1)
-    in_span = np.cumsum(inside)[:-1] > 0
-    stray = np.flatnonzero(structural & ~in_span)
+    stray = np.flatnonzero(structural & ~media_mask(len(ids), spans))
     if len(stray):
         at = int(stray[0])
         raise SpanError(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 _CORPUS = (
     "the quick brown fox jumps over the lazy dog. describe this picture in detail. "
@@ -13,7 +13,7 @@ _CORPUS = (
 )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _trained(special_tokens: tuple[str, ...], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
