@@ -73,12 +73,19 @@ class WindowSplitter:
         min_fill: fraction of a window's room it fills before a turn start may end it.
         processor_kwargs: extra keywords for the processor call (e.g. {"do_pan_and_scan": True});
             give the collator the same ones so pixels match the token counts.
+        image_tokens_from: how conversational rows get their image token counts. "pixels" (default) calls
+            the processor on the decoded images; "sizes" reads only each image's size (its header) and
+            expands the placeholders as the processor would (its own `replace_image_token`), then
+            tokenizes with the tokenizer alone: the same input_ids and windows, without decoding or
+            resizing pixels. Window rows then carry each image as the row gave it (path, bytes, dict or
+            PIL image) instead of a decoded PIL image; a corrupt image body is not noticed.
         drop_unsupervised: leave out windows that train no token (e.g. a window holding only a user
             prompt and its images); they carry no loss, and a batch made only of them gives the model a
             NaN loss. Counted in `splitter.stats.unsupervised_windows`.
 
     Raises:
-        ConfigError: settings that can never make a window, unknown policies.
+        ConfigError: settings that can never make a window, unknown policies; image_tokens_from="sizes"
+            for a family whose counts cannot be computed exactly from sizes (e.g. PaliGemma).
         UnsupportedProcessorError: no family matches the processor and no spec was passed.
 
     Example:
@@ -105,6 +112,7 @@ class WindowSplitter:
         keep_pixels: bool = True,
         min_fill: float = 0.5,
         processor_kwargs: dict | None = None,
+        image_tokens_from: str = "pixels",
         drop_unsupervised: bool = False,
     ):
         from .labels import TRAIN_ON
@@ -136,6 +144,14 @@ class WindowSplitter:
         self.keep_pixels = keep_pixels
         self.min_fill = min_fill
         self.processor_kwargs = dict(processor_kwargs or {})
+        if image_tokens_from not in ("pixels", "sizes"):
+            raise ConfigError(f"image_tokens_from={image_tokens_from!r} must be one of ('pixels', 'sizes')")
+        self.image_tokens_from = image_tokens_from
+        self._expander = None
+        if image_tokens_from == "sizes":
+            from .families import size_expander
+
+            self._expander = size_expander(processor, spec, self.processor_kwargs)
         self.drop_unsupervised = bool(drop_unsupervised)
         self.vocab_size = _vocab_size(processor)
         self._stats_dir = None
@@ -286,6 +302,14 @@ class WindowSplitter:
         if not messages:
             raise EmptyConversationError("the conversation has no messages: drop the row", row=row)
         messages, images = _collect_images(messages, example.get("images"), row)
+        if self._expander is not None:  # image_tokens_from="sizes": no pixels, the tokenizer alone
+            text = self.processor.apply_chat_template(messages, tokenize=False)
+            text, tensors = self._expander(text, images, example.get("_base_dir"), row=row)
+            tok = self.processor.tokenizer
+            enc = tok(text, add_special_tokens=not _starts_with_bos(self.processor, text))
+            ids = np.asarray(enc["input_ids"], dtype=np.int64)
+            return {"ids": ids, "tensors": tensors, "images": images, "videos": None, "labels": None,
+                    "assistant_mask": None, "from_messages": True}
         images = [load_image(im, example.get("_base_dir"), row=row) for im in images]
         text = self.processor.apply_chat_template(messages, tokenize=False)
         kwargs = {**self.processor_kwargs, "text": [text], "return_tensors": "np",

@@ -32,3 +32,16 @@ def test_bench_scaling_smoke(capsys):
     rows, lengths = _script("bench_scaling").main(["--smoke"])
     assert rows[1][3] > rows[0][3] and all(p[4] >= p[1] for p in lengths)
     assert "row tokens" in capsys.readouterr().out
+
+
+def test_bench_raw_smoke(capsys):
+    """bench_raw --smoke maps raw conversations with image files in both image_tokens_from modes (the script
+    itself asserts their windows are identical), times both splitter stages, and prints the table."""
+    pytest.importorskip("datasets")
+    results = _script("bench_raw").main(["--smoke"])
+    assert [r["mode"] for r in results] == ["pixels", "sizes"]
+    pixels, sizes = results
+    assert pixels["rows_out"] == sizes["rows_out"] > 6 and pixels["tokens_out"] == sizes["tokens_out"]
+    assert all(0 < r["windows"] < r["seconds"] and 0 < r["parse"] < r["seconds"] for r in results)
+    out = capsys.readouterr().out
+    assert "pixels map / sizes map" in out and "splitting share" in out
