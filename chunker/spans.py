@@ -131,15 +131,20 @@ def split_runs(spans: Spans, item_counts, *, row=None) -> Spans:
 
 
 def media_mask(n: int, spans: Spans) -> np.ndarray:
-    """True on every position of `n` that lies inside a media span."""
+    """True on every position of `n` that lies inside a media span (spans never overlap)."""
     delta = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(delta, spans.starts, 1)
-    np.add.at(delta, spans.ends, -1)
+    delta[spans.starts] += 1
+    delta[spans.ends] -= 1
     return np.cumsum(delta)[:-1] > 0
 
 
 def _isin(ids, values) -> np.ndarray:
-    return np.isin(ids, np.asarray(values, dtype=np.int64)) if values else np.zeros(len(ids), bool)
+    if len(values) > 8:
+        return np.isin(ids, np.asarray(values, dtype=np.int64))
+    out = np.zeros(len(ids), dtype=bool)
+    for v in values:  # a few ids: one comparison pass each beats np.isin's sort
+        out |= ids == v
+    return out
 
 
 def _bracket(ids, spec, row):
