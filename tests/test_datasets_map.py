@@ -1,0 +1,81 @@
+"""`Dataset.map` with num_proc=2 gives the windows split_example gives, and skipped rows stay countable."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+
+import chunker
+from chunker.sources import load_processor
+from chunker.testing.demo import make_conversations
+
+COLUMNS = ("input_ids", "labels", "attention_mask", "mm_token_type_ids", "source_index", "window_index", "num_windows")
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return load_processor("demo")
+
+
+def expected_windows(splitter, rows):
+    out = []
+    for i, row in enumerate(rows):
+        out += splitter.split_example(row, index=i)
+    return out
+
+
+def assert_same(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        for key in COLUMNS:
+            np.testing.assert_array_equal(np.asarray(g[key]), np.asarray(w[key]), err_msg=key)
+        assert [im.size for im in g["images"]] == [im.size for im in w["images"]]
+
+
+def test_num_proc_2_map_of_conversations_equals_split_example(processor):
+    rows = make_conversations(6, seed=3)
+    splitter = chunker.WindowSplitter(processor, max_length=256, overlap=32)
+    ds = datasets.Dataset.from_list(rows)
+    got = ds.map(splitter, batched=True, batch_size=2, with_indices=True, num_proc=2, remove_columns=ds.column_names)
+    assert_same(list(got), expected_windows(splitter, rows))
+    assert splitter.stats.rows == 6 and splitter.stats.windows == len(got) > 6
+
+
+def test_num_proc_2_map_of_pretokenized_rows_equals_split_example(processor):
+    rows = make_conversations(6, seed=4)
+    whole = chunker.WindowSplitter(processor, max_length=1 << 20)
+    tokenized = [whole.split_example(r, index=i)[0] for i, r in enumerate(rows)]
+    pre = [{"input_ids": t["input_ids"].tolist(), "labels": t["labels"].tolist(), "images": r["images"]}
+           for t, r in zip(tokenized, rows)]
+    splitter = chunker.WindowSplitter(processor, max_length=200, overlap=16)
+    ds = datasets.Dataset.from_list(pre)
+    got = ds.map(splitter, batched=True, batch_size=2, with_indices=True, num_proc=2, remove_columns=ds.column_names)
+    want = expected_windows(splitter, [dict(p) for p in ds])
+    assert len(got) == len(want) > len(pre)
+    for g, w in zip(got, want):
+        for key in ("input_ids", "labels", "attention_mask", "source_index", "window_index", "num_windows"):
+            np.testing.assert_array_equal(np.asarray(g[key]), np.asarray(w[key]), err_msg=key)
+
+
+def test_skipped_rows_are_counted_across_processes(processor):
+    rows = make_conversations(6, seed=5)
+    rows[1] = {**rows[1], "images": rows[1]["images"][:-1]}          # one image short
+    rows[4] = {**rows[4], "messages": []}                             # empty conversation
+    splitter = chunker.WindowSplitter(processor, max_length=256, on_error="skip")
+    ds = datasets.Dataset.from_list(rows)
+    got = ds.map(splitter, batched=True, batch_size=2, with_indices=True, num_proc=2, remove_columns=ds.column_names)
+    stats = splitter.stats
+    assert stats.rows == 6
+    assert dict(stats.skipped) == {"ImageCountError": 1, "EmptyConversationError": 1}
+    assert sorted(e["row"] for e in stats.examples) == [1, 4]
+    assert sorted(set(got["source_index"])) == [0, 2, 3, 5]
+
+
+def test_the_same_rows_without_skip_raise_naming_the_row(processor):
+    rows = make_conversations(3, seed=5)
+    rows[1] = {**rows[1], "images": rows[1]["images"][:-1]}
+    splitter = chunker.WindowSplitter(processor, max_length=256)
+    with pytest.raises(chunker.ImageCountError, match="row 1"):
+        splitter.split_example(rows[1], index=1)
+    assert splitter.split_example(rows[0], index=0)
