@@ -33,9 +33,9 @@ def count_image_tokens(input_ids: torch.Tensor, token_ids) -> torch.Tensor:
     token_ids = [int(token_ids)] if isinstance(token_ids, (int, np.integer)) else [int(t) for t in token_ids]
     if not token_ids:
         return torch.zeros(ids.shape[0], dtype=torch.int64, device=ids.device)
-    out = (ids == token_ids[0]).sum(1)
+    out = _count(ids == token_ids[0])
     for t in token_ids[1:]:
-        out = out + (ids == t).sum(1)
+        out = out + _count(ids == t)
     return out
 
 
@@ -100,7 +100,7 @@ def image_counts_per_row(input_ids: torch.Tensor, spec: ImageSpanSpec) -> tuple[
     if spec.kind not in ("bracket", "run"):
         return count_image_tokens(ids, spec.image_token_id), media_items_per_row(ids, spec)
     mask = ids == spec.image_token_id
-    tokens = mask.sum(1)
+    tokens = _count(mask)
     if spec.kind == "run" and spec.tokens_per_image:
         return tokens, tokens // spec.tokens_per_image
     return tokens, _run_starts(mask)
@@ -235,7 +235,12 @@ def _as_2d(input_ids) -> torch.Tensor:
 
 def _run_starts(mask: torch.Tensor) -> torch.Tensor:
     """Per row, how many runs of True the mask holds (a start is True after False: one bool compare)."""
-    return (mask[:, 1:] > mask[:, :-1]).sum(1) + mask[:, 0]
+    return _count(mask[:, 1:] > mask[:, :-1]) + mask[:, 0]
+
+
+def _count(mask: torch.Tensor) -> torch.Tensor:
+    """True per row, as int64; summed in int32, which is ~3x faster than bool -> int64 on CPU."""
+    return mask.sum(1, dtype=torch.int32).to(torch.int64)
 
 
 def _isin(ids: torch.Tensor, values) -> torch.Tensor:
