@@ -178,3 +178,59 @@ def test_gemma3_pan_and_scan_off_gives_one_block_per_image():
     splitter = chunker.WindowSplitter(processor, max_length=160)
     rows = splitter.split_example({"messages": messages, "images": imgs})
     assert len(chunker.find_image_spans(np.asarray(rows[0]["input_ids"]), splitter.spec)) == 1
+
+
+def blip2_processor():
+    """A real processor of a family chunker has no grammar for (BLIP-2: query tokens, no image span)."""
+    from transformers import Blip2Processor
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    from chunker.testing._tokenizer import make_tokenizer
+
+    tok = make_tokenizer(["<unk>", "<pad>", "<image>"], named={"image_token": "<image>"}, unk_token="<unk>",
+                         pad_token="<pad>")
+    return Blip2Processor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tok,
+                          num_query_tokens=4)
+
+
+def test_unknown_processor_is_refused_naming_its_class_and_how_to_pass_a_spec():
+    processor = blip2_processor()
+    with pytest.raises(chunker.UnsupportedProcessorError, match="Blip2Processor.*spec=chunker.ImageSpanSpec"):
+        chunker.WindowSplitter(processor, max_length=64)
+
+
+def test_unknown_processor_splits_with_a_hand_made_spec():
+    """The happy twin: the same processor with a spec of its own (a run of 4 query tokens per image)."""
+    processor = blip2_processor()
+    image = processor.tokenizer.convert_tokens_to_ids("<image>")
+    spec = chunker.ImageSpanSpec(family="custom", kind="run", image_token_id=image, tokens_per_image=4)
+    splitter = chunker.WindowSplitter(processor, max_length=8, spec=spec, train_on="all")
+    text = [5, 6, 7, 8, 9]
+    ids = [image] * 4 + text + [image] * 4 + text
+    rows = splitter.split_example({"input_ids": ids, "images": ["a", "b"]}, index=0)
+    assert len(rows) >= 2 and all(len(r["input_ids"]) <= 8 for r in rows)
+    assert [im for r in rows for im in r["images"]] == ["a", "b"]
+    for r in rows:
+        assert len(chunker.find_image_spans(np.asarray(r["input_ids"]), spec)) == len(r["images"])
+
+
+@pytest.mark.parametrize("family,grid", [("qwen2_vl", (2, 4, 6)), ("qwen3_vl", (2, 4, 4))])
+def test_a_qwen_video_is_one_span_between_images(processors, family, grid):
+    """A video (Qwen3-VL: timestamped frame groups inside an outer pair) is one whole span, never split."""
+    from chunker.testing.families_b import qwen_video_tokens
+
+    processor = processor_of(processors, family)
+    spec = chunker.ImageSpanSpec.from_processor(processor)
+    tok = processor.tokenizer
+    video = qwen_video_tokens(family, processor, grid, **({"fps": 2.0} if family == "qwen3_vl" else {}))
+    image = tok.convert_tokens_to_ids(["<|vision_start|>", "<|image_pad|>", "<|image_pad|>", "<|vision_end|>"])
+    text = tok("a cat sits on a mat", add_special_tokens=False)["input_ids"]
+    ids = np.asarray(text + image + video + text + image, dtype=np.int64)
+    spans = chunker.find_image_spans(ids, spec)
+    assert spans.kinds.tolist() == [0, 1, 0]
+    assert spans.counts.tolist() == [2, video.count(spec.video_token_id), 2]
+    assert (spans.starts[1], spans.ends[1]) == (len(text) + 4, len(text) + 4 + len(video))
+    splitter = chunker.WindowSplitter(processor, max_length=len(video) + 2, prefix="none")
+    rows = splitter.split_example({"input_ids": ids, "images": ["a", "b"], "videos": ["v"]}, index=0)
+    holding = [r for r in rows if list(r["videos"])]
+    assert len(holding) == 1 and chunker.find_image_spans(np.asarray(holding[0]["input_ids"]), spec).kinds.tolist().count(1) == 1
