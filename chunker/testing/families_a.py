@@ -15,9 +15,10 @@ Mistral 3 one `[IMG]` per 4x4 / 8x8 pixels.
 
 from __future__ import annotations
 
+from ._tiny import HIDDEN, seeded_model, text_config
+
 FAMILIES_A = ("gemma3", "paligemma", "llava", "llava_next", "llava_onevision", "pixtral", "mistral3")
 
-HIDDEN = 32
 
 GEMMA3_SPECIALS = (
     "<pad>",
@@ -460,20 +461,11 @@ def build_model(family: str, processor, seed: int = 0):
         >>> type(build_model("llava", p)).__name__
         'LlavaForConditionalGeneration'
     """
-    import torch
     import transformers
 
     _check_family(family)
-    config = _config(family, processor)
     cls = getattr(transformers, _MODEL_CLASSES[family])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = cls(config)
-        with torch.no_grad():
-            for param in model.parameters():
-                if param.numel() > 1 and bool((param == param.flatten()[0]).all()):
-                    param.add_(torch.randn_like(param) * 0.02)
-    return model.float().train()
+    return seeded_model(cls, _config(family, processor), seed, jitter_constants=True)
 
 
 _MODEL_CLASSES = {
@@ -485,24 +477,6 @@ _MODEL_CLASSES = {
     "pixtral": "LlavaForConditionalGeneration",
     "mistral3": "Mistral3ForConditionalGeneration",
 }
-
-
-def _text(tok, model_type, **extra):
-    return {
-        "model_type": model_type,
-        "vocab_size": len(tok),
-        "hidden_size": HIDDEN,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 8,
-        "max_position_embeddings": 4096,
-        "pad_token_id": tok.pad_token_id,
-        "bos_token_id": tok.bos_token_id,
-        "eos_token_id": tok.eos_token_id,
-        **extra,
-    }
 
 
 def _vision(model_type, image_size, patch_size, **extra):
@@ -524,7 +498,7 @@ def _config(family, processor):
     tok = processor.tokenizer
     if family == "gemma3":
         return transformers.Gemma3Config(
-            text_config=_text(tok, "gemma3_text", query_pre_attn_scalar=8, sliding_window=64),
+            text_config=text_config(tok, model_type="gemma3_text", query_pre_attn_scalar=8, sliding_window=64),
             vision_config=_vision("siglip_vision_model", GEMMA3_IMAGE, GEMMA3_PATCH),
             mm_tokens_per_image=processor.image_seq_length,
             boi_token_index=tok.boi_token_id,
@@ -533,7 +507,7 @@ def _config(family, processor):
         )
     if family == "paligemma":
         return transformers.PaliGemmaConfig(
-            text_config=_text(tok, "gemma"),
+            text_config=text_config(tok, model_type="gemma"),
             vision_config=_vision("siglip_vision_model", PALIGEMMA_IMAGE, PALIGEMMA_PATCH, projection_dim=HIDDEN),
             image_token_index=processor.image_token_id,
             vocab_size=len(tok),
@@ -543,7 +517,7 @@ def _config(family, processor):
     if family in ("llava", "llava_next"):
         vision = _vision("clip_vision_model", LLAVA_IMAGE, LLAVA_PATCH, projection_dim=HIDDEN)
         common = {
-            "text_config": _text(tok, "llama"),
+            "text_config": text_config(tok, model_type="llama"),
             "vision_config": vision,
             "image_token_index": processor.image_token_id,
             "vision_feature_select_strategy": "default",
@@ -554,7 +528,7 @@ def _config(family, processor):
         return transformers.LlavaNextConfig(image_grid_pinpoints=LLAVA_NEXT_PINPOINTS, **common)
     if family == "llava_onevision":
         return transformers.LlavaOnevisionConfig(
-            text_config=_text(tok, "qwen2"),
+            text_config=text_config(tok, model_type="qwen2"),
             vision_config=_vision("siglip_vision_model", ONEVISION_IMAGE, ONEVISION_PATCH),
             image_token_index=processor.image_token_id,
             video_token_index=processor.video_token_id,
@@ -576,7 +550,7 @@ def _config(family, processor):
     }
     if family == "pixtral":
         return transformers.LlavaConfig(
-            text_config=_text(tok, "mistral"),
+            text_config=text_config(tok, model_type="mistral"),
             vision_config=vision,
             image_token_index=processor.image_token_id,
             vision_feature_select_strategy="full",
@@ -584,7 +558,7 @@ def _config(family, processor):
             multimodal_projector_bias=True,
         )
     return transformers.Mistral3Config(
-        text_config=_text(tok, "mistral"),
+        text_config=text_config(tok, model_type="mistral"),
         vision_config=vision,
         image_token_index=processor.image_token_id,
         spatial_merge_size=processor.spatial_merge_size,

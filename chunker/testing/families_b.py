@@ -10,6 +10,8 @@ backward on CPU in well under a second.
 
 from __future__ import annotations
 
+from ._tiny import HIDDEN, seeded_model, text_config
+
 FAMILIES_B = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm", "internvl")
 
 QWEN_SPECIALS = (
@@ -113,7 +115,6 @@ IDEFICS_TILE = 32  # vision image_size: one tile is 32x32 pixels
 IDEFICS_PATCH = 8  # (32/8)^2 = 16 patches, pixel-shuffled by scale_factor 2 -> 4 tokens per tile
 INTERNVL_TILE = 56  # vision image_size: one tile is 56x56 pixels
 INTERNVL_PATCH = 14  # (56/14)^2 = 16 patches, downsample_ratio 0.5 -> 4 tokens per tile
-HIDDEN = 32
 
 
 def _check_family(family: str) -> None:
@@ -271,15 +272,8 @@ def build_model(family: str, processor, seed: int = 0):
         >>> type(build_model("qwen2_vl", p)).__name__
         'Qwen2VLForConditionalGeneration'
     """
-    import torch
-
     _check_family(family)
-    config = _config(family, processor)
-    cls = _model_class(family)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = cls(config)
-    return model.train()
+    return seeded_model(_model_class(family), _config(family, processor), seed)
 
 
 def _model_class(family):
@@ -296,24 +290,6 @@ def _model_class(family):
             "internvl": "InternVLForConditionalGeneration",
         }[family],
     )
-
-
-def _text(tok, **extra):
-    head = 8  # HIDDEN / 4 heads
-    return {
-        "vocab_size": len(tok),
-        "hidden_size": HIDDEN,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": head,
-        "max_position_embeddings": 4096,
-        "pad_token_id": tok.pad_token_id,
-        "bos_token_id": tok.bos_token_id,
-        "eos_token_id": tok.eos_token_id,
-        **extra,
-    }
 
 
 def _config(family, processor):
@@ -343,7 +319,7 @@ def _config(family, processor):
                 **geometry,
             }
             return transformers.Qwen2VLConfig(
-                text_config=_text(tok, rope_parameters=mrope), vision_config=vision, **ids
+                text_config=text_config(tok, rope_parameters=mrope), vision_config=vision, **ids
             )
         if family == "qwen2_5_vl":
             vision = {
@@ -357,7 +333,7 @@ def _config(family, processor):
                 **geometry,
             }
             return transformers.Qwen2_5_VLConfig(
-                text_config=_text(tok, rope_parameters=mrope), vision_config=vision, **ids
+                text_config=text_config(tok, rope_parameters=mrope), vision_config=vision, **ids
             )
         vision = {
             "depth": 2,
@@ -370,7 +346,7 @@ def _config(family, processor):
             **geometry,
         }
         mrope3 = {**mrope, "mrope_interleaved": True}
-        return transformers.Qwen3VLConfig(text_config=_text(tok, rope_parameters=mrope3), vision_config=vision, **ids)
+        return transformers.Qwen3VLConfig(text_config=text_config(tok, rope_parameters=mrope3), vision_config=vision, **ids)
     if family in ("idefics3", "smolvlm"):
         vision = {
             "hidden_size": HIDDEN,
@@ -382,7 +358,7 @@ def _config(family, processor):
         }
         cls = transformers.Idefics3Config if family == "idefics3" else transformers.SmolVLMConfig
         return cls(
-            text_config={"model_type": "llama", **_text(tok)},
+            text_config={"model_type": "llama", **text_config(tok)},
             vision_config=vision,
             scale_factor=2,
             pad_token_id=tok.pad_token_id,
@@ -397,7 +373,7 @@ def _config(family, processor):
         "patch_size": [INTERNVL_PATCH, INTERNVL_PATCH],
     }
     return transformers.InternVLConfig(
-        text_config={"model_type": "qwen2", **_text(tok)},
+        text_config={"model_type": "qwen2", **text_config(tok)},
         vision_config=vision,
         image_seq_length=processor.image_seq_length,
         downsample_ratio=0.5,
