@@ -20,7 +20,7 @@ from collections import Counter
 
 import numpy as np
 
-from .errors import ChunkerError, EmptyConversationError, ImageCountError
+from .errors import ChunkerError, EmptyConversationError
 from .labels import IGNORE, find_marker, labels_from_mask, turn_boundaries
 from .media import TENSOR_STREAMS, check_counts
 from .plan import plan_windows
@@ -410,29 +410,12 @@ def _fast_row(splitter, cols, facts, i, row):
 
 
 def _finish_row(splitter, cols, i, row, ids, spans, loss, prefix, bounds):
-    """Image checks, loss mask, prefix and plan of one row, in the order `split_example` does them."""
+    """Media checks, loss mask, prefix and plan of one row, in the order `split_example` does them."""
+    from .splitter import check_media_counts
+
     spec = splitter.spec
-    n_image = int((spans.kinds == IMAGE).sum())
     n_items = {name: int(cols[name][1][i + 1] - cols[name][1][i]) for name in ITEM_COLUMNS if name in cols}
-    if "images" in n_items and n_items["images"] != n_image:
-        raise ImageCountError(
-            f"the row has {n_items['images']} images but its text holds {n_image} image spans: give exactly one "
-            "image per image placeholder, in order",
-            row=row,
-        )
-    n_video = len(spans) - n_image
-    if "videos" in n_items and n_items["videos"] != n_video:
-        raise ImageCountError(
-            f"the row has {n_items['videos']} videos but its text holds {n_video} video spans: give exactly one "
-            "video per video placeholder, in order",
-            row=row,
-        )
-    if "images" not in n_items and n_image:
-        raise ImageCountError(
-            f"the text holds {n_image} image spans but the row has no 'images' column and no pixel tensors: "
-            "add the images (in order) so each window can carry its own",
-            row=row,
-        )
+    check_media_counts(spans, n_items.get("images"), n_items.get("videos"), False, row)
     check_counts(spec, {}, spans, row=row)
     mask, full_labels = loss()
     prefix_len = prefix()

@@ -353,26 +353,9 @@ class WindowSplitter:
         images = p["images"]
         if spec.extra.get("run_counts") and len(spans):
             spans = self._split_runs(spans, tensors, images, row)
-        n_image = int((spans.kinds == IMAGE).sum())
-        if images is not None and len(images) != n_image and not (p.get("from_messages") and not images):
-            raise ImageCountError(
-                f"the row has {len(images)} images but its text holds {n_image} image spans: give exactly one "
-                "image per image placeholder, in order",
-                row=row,
-            )
-        videos, n_video = p["videos"], len(spans) - n_image
-        if videos is not None and len(videos) != n_video:
-            raise ImageCountError(
-                f"the row has {len(videos)} videos but its text holds {n_video} video spans: give exactly one "
-                "video per video placeholder, in order",
-                row=row,
-            )
-        if images is None and n_image and not tensors:
-            raise ImageCountError(
-                f"the text holds {n_image} image spans but the row has no 'images' column and no pixel tensors: "
-                "add the images (in order) so each window can carry its own",
-                row=row,
-            )
+        n_images = None if images is None or (p.get("from_messages") and not images) else len(images)
+        n_videos = None if p["videos"] is None else len(p["videos"])
+        check_media_counts(spans, n_images, n_videos, bool(tensors), row)
         plan = slice_plan(spec, tensors, spans, row=row) if tensors else {}
         check_counts(spec, tensors, spans, row=row)
         mask = self._loss_mask(p, ids, spans, row)
@@ -463,6 +446,30 @@ class WindowSplitter:
             if len(first) and first[0] > n and not (len(spans) and spans.starts.min() < first[0]):
                 n = int(first[0])
         return n if n < self.max_length // 2 else (1 if n and ids[0] == spec.bos_id else 0)
+
+
+def check_media_counts(spans, n_images, n_videos, has_tensors: bool, row) -> None:
+    """Raise `ImageCountError` when a row's images or videos (None: no such column) disagree with its spans."""
+    n_image = int((spans.kinds == IMAGE).sum())
+    n_video = len(spans) - n_image
+    if n_images is not None and n_images != n_image:
+        raise ImageCountError(
+            f"the row has {n_images} images but its text holds {n_image} image spans: give exactly one "
+            "image per image placeholder, in order",
+            row=row,
+        )
+    if n_videos is not None and n_videos != n_video:
+        raise ImageCountError(
+            f"the row has {n_videos} videos but its text holds {n_video} video spans: give exactly one "
+            "video per video placeholder, in order",
+            row=row,
+        )
+    if n_images is None and n_image and not has_tensors:
+        raise ImageCountError(
+            f"the text holds {n_image} image spans but the row has no 'images' column and no pixel tensors: "
+            "add the images (in order) so each window can carry its own",
+            row=row,
+        )
 
 
 def _remove_stats_dir(path: str, owner: int) -> None:
