@@ -19,6 +19,11 @@ class UnsupportedProcessorError(ChunkerError):
     """No family grammar matches the processor, and no spec was passed."""
 
 
+class GrammarError(UnsupportedProcessorError):
+    """The family grammar does not recover what the installed processor makes of a probe (spans, counts,
+    pixel rows or type ids): transformers changed the family's expansion."""
+
+
 class RowFormatError(ChunkerError):
     """A row has none of the accepted layouts, or its columns disagree (e.g. labels of another length)."""
 
@@ -65,6 +70,19 @@ class PrefixError(RowFormatError):
 
 class ImageDecodeError(RowFormatError):
     """An image that cannot be opened or decoded."""
+
+
+class NoSupervisionError(RowFormatError):
+    """A row that would train no token: assistant turns whose answers became no supervised token, no assistant
+    turn at all under train_on="assistant", or labels that are all -100."""
+
+
+class TemplateError(RowFormatError):
+    """The model's chat template refused to render the conversation (or a prefix of it)."""
+
+
+class ProcessorError(RowFormatError):
+    """The processor refused the row (an image of a shape it cannot take, text it cannot tokenize)."""
 
 
 class ImageTokenMismatchError(ChunkerError):
