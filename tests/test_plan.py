@@ -104,3 +104,128 @@ def test_a_prefix_ending_inside_a_span_is_refused():
 def test_settings_that_cannot_work_are_config_errors(kw, match):
     with pytest.raises(ConfigError, match=match):
         plan_windows(20, spans(), **kw)
+
+
+# ---------------------------------------------------------------------------------------------- back-to-back spans
+
+
+def test_back_to_back_llava_images_are_cut_only_between_images():
+    """Regression (long profile, kind 'run'): four 2-token images back to back at [4, 12) of a 32-token row,
+    max_length=5, overlap=2, prefix 'bos' (1 token), turn starts as boundaries, loss on 17 and 27.
+
+    Window 0 stops at 4 (limit 5 is inside [4, 6)); every later window is BOS + 2 context + 2 new tokens, and
+    its limit (start + 2) always falls on the start of the next image, which is a cut, never inside it.
+    """
+    n, sp = 32, [(4, 6), (6, 8), (8, 10), (10, 12)]
+    mask = np.isin(np.arange(n), [17, 27])
+    wins = plan(n, sp, max_length=5, overlap=2, prefix_len=1, boundaries=[1, 14, 19, 24, 29], loss_mask=mask)
+    assert wins == [(0, 0, 4), (2, 4, 6), (4, 6, 8), (6, 8, 10), (8, 10, 12), (10, 12, 14), (12, 14, 16),
+                    (14, 16, 18), (16, 18, 20), (18, 20, 22), (20, 22, 24), (22, 24, 26), (24, 26, 28),
+                    (26, 28, 30), (28, 30, 32)]
+    assert wins == plan(n, sp, max_length=5, overlap=2, prefix_len=1)  # no boundary nor mask changes a cut here
+
+
+def test_a_context_that_would_leave_no_room_shrinks_to_what_a_back_to_back_image_needs():
+    # window 1 starts on image [3, 5); 2 tokens of context (image [1, 3)) leave room 1, and 4 is inside [3, 5):
+    # the context is dropped (the image's first token is not supervised) and the window holds [3, 6)
+    # window 2 starts on supervised token 6: its context snaps from 4 (inside [3, 5)) to 5, the token it needs
+    assert plan(8, [(1, 3), (3, 5)], max_length=3, overlap=2) == [(0, 0, 3), (3, 3, 6), (5, 6, 8)]
+
+
+def test_a_supervised_token_after_back_to_back_images_brings_only_the_last_image_as_context():
+    # a turn boundary at 6 ends window 1 right after the images; token 6 is supervised and, with no prefix,
+    # its window needs the token before it, so [4, 6) whole comes as context, but not [2, 4)
+    mask = np.zeros(9, bool)
+    mask[6:] = True
+    wins = plan(9, [(2, 4), (4, 6)], max_length=4, boundaries=[6], min_fill=0.0, loss_mask=mask)
+    assert wins == [(0, 0, 4), (4, 4, 6), (4, 6, 8), (7, 8, 9)]
+
+
+# ---------------------------------------------------------------------------------------------- exhaustive small cases
+
+
+def small_layouts(max_n=14):
+    """(n, spans) of every small row: 0-4 spans of 1-3 tokens (one length, or two alternating), back to back or
+    1-2 tokens apart, after 0-2 leading and before 0-2 trailing text tokens."""
+    seen = set()
+    for lengths in ((1,), (2,), (3,), (1, 3), (3, 2)):
+        for count in range(5):
+            for gap in (0, 1, 2):
+                for lead in range(3):
+                    for tail in range(3):
+                        pos, sp = lead, []
+                        for i in range(count):
+                            size = lengths[i % len(lengths)]
+                            sp.append((pos, pos + size))
+                            pos += size + gap
+                        n = (sp[-1][1] if sp else lead) + tail
+                        if 0 < n <= max_n and (n, tuple(sp)) not in seen:
+                            seen.add((n, tuple(sp)))
+                            yield n, tuple(sp)
+
+
+def expected_refusal(n, sp, max_length, prefix_len, supervised):
+    """The error a row must raise, or None when some windows hold it, from first principles (DESIGN §4, 8)."""
+    if n <= max_length:
+        return None
+    if prefix_len >= max_length:
+        return OversizeSpanError if any(e <= prefix_len for _, e in sp) else PrefixError
+    if any(s < prefix_len < e for s, e in sp):
+        return PrefixError
+    for s, e in sp:
+        if e <= prefix_len:
+            continue  # repeated with the prefix, never in a window's range
+        # a later window holds the prefix, the span whole, and, with no prefix, the supervised token after it
+        # (its label is predicted from the span's last token, so that token must be in the window)
+        need = (prefix_len if s else 0) + (e - s) + (prefix_len == 0 and e < n and bool(supervised[e]))
+        if need > max_length:
+            return OversizeSpanError
+    return None
+
+
+def check_small_case(n, sp, max_length, overlap, prefix_len, loss_mask, boundaries, min_fill):
+    """Invariants 1, 2, 4 and 5 of DESIGN §4 on one plan, or the named error of 8; AssertionError names the case."""
+    case = f"n={n} spans={sp} max_length={max_length} overlap={overlap} prefix_len={prefix_len} " \
+           f"loss_mask={None if loss_mask is None else loss_mask.astype(int).tolist()} boundaries={boundaries}"
+    media = np.zeros(n, bool)
+    for s, e in sp:
+        media[s:e] = True
+    supervised = ~media if loss_mask is None else loss_mask
+    refusal = expected_refusal(n, sp, max_length, prefix_len, supervised)
+    try:
+        wins = plan(n, sp, max_length=max_length, overlap=overlap, prefix_len=prefix_len, loss_mask=loss_mask,
+                    boundaries=boundaries, min_fill=min_fill)
+    except (OversizeSpanError, PrefixError) as exc:
+        assert refusal is not None, f"{case}: refused a row that windows can hold: {exc}"
+        assert type(exc) is refusal, f"{case}: {type(exc).__name__} instead of {refusal.__name__}: {exc}"
+        if refusal is OversizeSpanError:
+            assert exc.span in sp and exc.needed > max_length, f"{case}: {exc}"
+        return
+    assert refusal is None, f"{case}: planned {wins} but a {refusal.__name__} was due"
+    inside = {x for s, e in sp for x in range(s + 1, e)}
+    assert [w[1] for w in wins] == [0] + [w[2] for w in wins[:-1]] and wins[-1][2] == n, f"{case}: {wins}"  # inv 4
+    for k, (cs, start, end) in enumerate(wins):
+        pre = prefix_len if k else 0
+        assert pre + end - cs <= max_length, f"{case}: window {k} {wins[k]} holds {pre + end - cs} tokens"  # inv 1
+        assert not {cs, start, end} & inside, f"{case}: window {k} {wins[k]} cuts a span"  # inv 2
+        assert pre <= cs <= start < end, f"{case}: window {k} {wins[k]}"  # inv 4
+        for p in range(max(start, 1), end):  # inv 5: a supervised token never opens a window with nothing before
+            assert not supervised[p] or pre + p - cs >= 1, f"{case}: window {k} {wins[k]} opens on supervised {p}"
+
+
+@pytest.mark.parametrize("max_length", range(2, 8))
+def test_every_small_row_is_planned_within_the_invariants(max_length):
+    """Exhaustive twin of the property tests: every small layout (back-to-back or spaced spans of 1-3 tokens),
+    overlap 0-3, prefix 0-2, loss on all text / alternate text tokens / none, with or without boundaries
+    (some of them inside spans)."""
+    for n, sp in small_layouts():
+        text = np.ones(n, bool)
+        for s, e in sp:
+            text[s:e] = False
+        even = np.arange(n) % 2 == 0
+        settings = [(None, None, 0.5), (text & even, None, 0.5), (text & ~even, list(range(1, n, 2)), 0.0),
+                    (np.zeros(n, bool), list(range(0, n, 3)), 0.5)]
+        for overlap in range(min(4, max_length)):
+            for prefix_len in range(3):
+                for loss_mask, boundaries, min_fill in settings:
+                    check_small_case(n, sp, max_length, overlap, prefix_len, loss_mask, boundaries, min_fill)
