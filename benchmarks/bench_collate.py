@@ -1,4 +1,4 @@
-"""Collator benchmark: the vectorized per-row image-token check vs a per-sample Python loop, and its share of collate.
+"""Collator benchmark: the vectorized per-item media check vs a per-sample Python loop, and its share of collate.
 
 Gemma-3-shaped grammar (`<start_of_image> <image_soft_token>x256 <end_of_image>`), B=32 rows of up to L=8192
 tokens, right-padded. Every figure is measured side by side in one run and printed with the machine.
@@ -7,6 +7,8 @@ tokens, right-padded. Every figure is measured side by side in one run and print
     .venv/bin/python benchmarks/bench_collate.py --device cuda   # the same on a GPU: host syncs, counting vs bare
     .venv/bin/python benchmarks/bench_collate.py --smoke         # tiny size, seconds (run by the test suite)
 
+The check is what `WindowCollator` runs per batch: every image span's token count against its own image's
+expected count, in order (`item_token_counts` + `check_item_counts`); the loops do the same per sample.
 Targets (issue 3): vectorized check >= 20x faster than the per-sample Python loop; the check <= 2% of
 collate time; on CUDA one host sync per batch and counting <= 2x a bare `(input_ids == token).sum(1)`.
 """
@@ -29,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from chunker import ImageSpanSpec
 from chunker.collator import WindowCollator
-from chunker.ops import check_alignment, count_image_tokens, expected_tokens_per_row, image_counts_per_row
+from chunker.ops import check_item_counts, count_image_tokens, item_token_counts
 
 BOS, BOI, EOI, SOFT, TEXT = 2, 255999, 256000, 262144, 1000
 PER_IMAGE = 256
@@ -62,35 +64,41 @@ def make_rows(batch: int, length: int, images: int, pixel_size: int, seed: int =
     return rows
 
 
-def vectorized_check(ids: torch.Tensor, items_per_row: torch.Tensor):
-    """What WindowCollator runs per batch: counts per row from the text vs from the media, one sync."""
-    seen = list(image_counts_per_row(ids, SPEC))
-    expected = [expected_tokens_per_row(items_per_row, tokens_per_item=PER_IMAGE), items_per_row]
-    return check_alignment(seen, expected).bad_rows
+def vectorized_check(ids: torch.Tensor, expected: torch.Tensor, per_row: torch.Tensor, most: int, spec=SPEC):
+    """What WindowCollator runs per batch: every span's count vs its own image's, in order; one host sync.
+
+    `most` is the most images any row's media hold (known on the host); one more slot is listed per row.
+    """
+    seen = item_token_counts(ids, spec, max_items=most + 1)
+    return check_item_counts(seen, (expected, per_row)).bad_rows
 
 
-def loop_check_python(ids: torch.Tensor, items_per_row: list[int]):
-    """The usual hand-written fix: per sample, walk the tokens in Python, count soft tokens and images."""
+def loop_check_python(ids: torch.Tensor, expected: list[list[int]]):
+    """The usual hand-written fix: per sample, walk the tokens in Python, count each image's soft tokens."""
     bad = []
     for r, row in enumerate(ids.tolist()):
-        tokens = images = 0
+        counts, inside = [], False
         for t in row:
-            if t == SOFT:
-                tokens += 1
-            elif t == BOI:
-                images += 1
-        if tokens != PER_IMAGE * items_per_row[r] or images != items_per_row[r]:
+            if t == BOI:
+                counts.append(0)
+                inside = True
+            elif t == EOI:
+                inside = False
+            elif t == SOFT and inside:
+                counts[-1] += 1
+        if counts != expected[r]:
             bad.append(r)
     return bad
 
 
-def loop_check_tensor(ids: torch.Tensor, items_per_row: list[int]):
-    """A per-sample loop over tensor rows: two reductions and two host syncs per row."""
+def loop_check_tensor(ids: torch.Tensor, expected: list[list[int]]):
+    """A per-sample loop over tensor rows: each row's per-image counts by a cumsum at its closing brackets."""
     bad = []
     for r in range(ids.shape[0]):
-        tokens = int((ids[r] == SOFT).sum().item())
-        images = int((ids[r] == BOI).sum().item())
-        if tokens != PER_IMAGE * items_per_row[r] or images != items_per_row[r]:
+        row = ids[r]
+        ends = (row == EOI).nonzero().flatten()
+        cum = torch.nn.functional.pad((row == SOFT).cumsum(0)[ends], (1, 0))
+        if (cum[1:] - cum[:-1]).tolist() != expected[r]:
             bad.append(r)
     return bad
 
@@ -138,28 +146,40 @@ def run(batch: int, length: int, images: int, pixel_size: int, repeats: int, dev
     collator = WindowCollator(spec=SPEC, pad_to_multiple_of=64)
     collated = collator(rows)
     ids = collated["input_ids"].to(device)
-    items_host = [int(r["pixel_values"].shape[0]) for r in rows]
-    items = torch.tensor(items_host, device=device)
-    assert vectorized_check(ids, items) == loop_check_python(ids.cpu(), items_host) == [], "checks disagree"
+    per_image = [[PER_IMAGE] * int(r["pixel_values"].shape[0]) for r in rows]
+    expected = torch.tensor([c for p in per_image for c in p], device=device)
+    per_row = torch.tensor([len(p) for p in per_image], device=device)
+    most = max(map(len, per_image))
+
+    def check(t):
+        return vectorized_check(t, expected, per_row, most)
+
+    assert check(ids) == loop_check_python(ids.cpu(), per_image) == loop_check_tensor(ids, per_image) == []
     broken = ids.clone()
     broken[3 % batch, (broken[3 % batch] == SOFT).nonzero()[0]] = TEXT  # one soft token lost in row 3
-    assert vectorized_check(broken, items) == loop_check_python(broken.cpu(), items_host) == [3 % batch]
+    assert check(broken) == loop_check_python(broken.cpu(), per_image) == [3 % batch]
+    # a soft token moved from the first image to the second of row 1: per-row totals agree, per-item do not
+    moved = ids.clone()
+    first_eoi = int((moved[1] == EOI).nonzero()[0])
+    moved[1, first_eoi - 1], moved[1, first_eoi] = EOI, SOFT
+    assert int((moved[1] == SOFT).sum()) == int((ids[1] == SOFT).sum())
+    assert check(moved) == loop_check_python(moved.cpu(), per_image) == loop_check_tensor(moved, per_image) == [1]
 
     result = {"batch": batch, "length": int(ids.shape[1]), "images_per_row": images, "device": device,
               "machine": machine(device)}
-    result["vectorized_check_s"] = timed(lambda: vectorized_check(ids, items), repeats, device)
+    result["vectorized_check_s"] = timed(lambda: check(ids), repeats, device)
     result["bare_count_s"] = timed(lambda: (ids == SOFT).sum(1), repeats, device)
     result["count_image_tokens_s"] = timed(lambda: count_image_tokens(ids, SOFT), repeats, device)
     cpu_ids = ids.cpu()
-    result["python_loop_s"] = timed(lambda: loop_check_python(cpu_ids, items_host), max(1, repeats // 5), "cpu")
-    result["tensor_loop_s"] = timed(lambda: loop_check_tensor(ids, items_host), repeats, device)
+    result["python_loop_s"] = timed(lambda: loop_check_python(cpu_ids, per_image), max(1, repeats // 5), "cpu")
+    result["tensor_loop_s"] = timed(lambda: loop_check_tensor(ids, per_image), repeats, device)
     result["collate_s"] = timed(lambda: collator(rows), repeats, "cpu")
     result["speedup_vs_python_loop"] = result["python_loop_s"] / result["vectorized_check_s"]
     result["speedup_vs_tensor_loop"] = result["tensor_loop_s"] / result["vectorized_check_s"]
     result["check_share_of_collate"] = result["vectorized_check_s"] / result["collate_s"]
     result["count_vs_bare"] = result["count_image_tokens_s"] / result["bare_count_s"]
     if device == "cuda":
-        result["host_syncs_per_batch"] = count_syncs(lambda: vectorized_check(ids, items))
+        result["host_syncs_per_batch"] = count_syncs(lambda: check(ids))
     return result
 
 
@@ -198,11 +218,10 @@ def image_collate(batch: int, length: int, images: int, image_px: int, repeats: 
     collator = WindowCollator(processor)
     spec = collator.spec
     collated = collator(rows)
-    items = torch.full((batch,), images)
+    expected, per_row = torch.full((batch * images,), PER_IMAGE), torch.full((batch,), images)
 
     def check():
-        seen = list(image_counts_per_row(collated["input_ids"], spec))
-        return check_alignment(seen, [expected_tokens_per_row(items, tokens_per_item=PER_IMAGE), items]).bad_rows
+        return vectorized_check(collated["input_ids"], expected, per_row, images, spec)
 
     assert check() == []
     collate_s = timed(lambda: collator(rows), repeats, "cpu")

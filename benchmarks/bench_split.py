@@ -1,7 +1,8 @@
 """Split pre-tokenized Gemma-3-shaped rows: chunker vs the identity map, TRL bfd_split and a per-row Python splitter.
 
-Every method runs in its own child process on the same memory-mapped dataset, so wall time and peak
-memory (resident-set growth during the map) are measured the same way; ratios are printed side by side.
+Every method runs in its own child process on the same dataset, once memory-mapped from disk and once
+loaded into memory (`keep_in_memory=True`), so CPU time, wall time and peak memory (resident-set growth during
+the map) are measured the same way; ratios are printed side by side per storage mode.
 
     python benchmarks/bench_split.py                 # 2,000 rows of 4k-32k tokens, 1-16 images
     python benchmarks/bench_split.py --smoke         # a few rows, seconds
@@ -80,14 +81,15 @@ def python_reference(batch, indices, max_length=8192):
     return out
 
 
-def run_one(method: str, path: str, max_length: int, overlap: int, repeat: int, batch_size: int = 1000) -> dict:
-    """Run one method on the dataset at `path` (in this process); wall time (best of `repeat`) and peak growth."""
+def run_one(method: str, path: str, max_length: int, overlap: int, repeat: int, batch_size: int = 1000,
+            storage: str = "disk") -> dict:
+    """Run one method on the dataset at `path` (in this process); CPU and wall time (best of `repeat`), peak growth."""
     import time
 
     import datasets
 
     datasets.disable_progress_bars()
-    ds = datasets.load_from_disk(path)
+    ds = datasets.load_from_disk(path, keep_in_memory=storage == "memory")
     out_dir = tempfile.mkdtemp(prefix="bench-split-", dir=os.path.dirname(path))
     from chunker import WindowSplitter
 
@@ -95,11 +97,11 @@ def run_one(method: str, path: str, max_length: int, overlap: int, repeat: int, 
         from trl import pack_dataset
     before = rss_mb()
     reset_peak_rss()
-    times, rows = [], None
+    times, cpu, rows = [], [], None
     for r in range(repeat):
         kw = {"load_from_cache_file": False, "cache_file_name": os.path.join(out_dir, f"{method}-{r}.arrow"),
               "batch_size": batch_size}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if method == "identity":
             res = ds.map(lambda b: b, batched=True, **kw)
         elif method == "identity_arrow":
@@ -116,10 +118,12 @@ def run_one(method: str, path: str, max_length: int, overlap: int, repeat: int, 
         else:
             raise ValueError(f"unknown method {method!r}: choose one of {METHODS}")
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         rows = len(res)
         del res
     shutil.rmtree(out_dir, ignore_errors=True)
-    return {"method": method, "seconds": min(times), "peak_mb": peak_rss_mb() - before, "rows_out": rows}
+    return {"method": method, "storage": storage, "seconds": min(times), "cpu": min(cpu),
+            "peak_mb": peak_rss_mb() - before, "rows_out": rows}
 
 
 def main(argv=None):
@@ -133,14 +137,17 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=128, help="Dataset.map batch_size of every method")
     parser.add_argument("--data-dir", default=None, help="where the dataset is cached (default: a temp dir)")
     parser.add_argument("--skip", nargs="*", default=[], choices=METHODS)
+    parser.add_argument("--storage", nargs="*", default=["disk", "memory"], choices=["disk", "memory"])
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes, in this process, without TRL: checks the script runs, measures nothing")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_path", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_storage", default="disk", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._one:
-        print(json.dumps(run_one(args._one, args._path, args.max_length, args.overlap, args.repeat, args.batch_size)))
+        print(json.dumps(run_one(args._one, args._path, args.max_length, args.overlap, args.repeat, args.batch_size,
+                                 args._storage)))
         return None
     if args.smoke:
         args.rows, args.min_tokens, args.max_tokens, args.max_length, args.repeat = 24, 2048, 6144, 2048, 1
@@ -153,53 +160,59 @@ def main(argv=None):
     n_tokens = pc.sum(pc.list_value_length(ds.data.column("input_ids"))).as_py()
     n_images = pc.sum(pc.list_value_length(ds.data.column("images"))).as_py()
     results = {}
-    for method in METHODS:
-        if method in args.skip:
-            continue
-        repeat = 1 if method == "python_reference" else args.repeat
-        if args.smoke:
-            results[method] = run_one(method, path, args.max_length, args.overlap, repeat, args.batch_size)
-            continue
-        cmd = [sys.executable, os.path.abspath(__file__), "--_one", method, "--_path", path,
-               "--max-length", str(args.max_length), "--overlap", str(args.overlap), "--repeat", str(repeat),
-               "--batch-size", str(args.batch_size)]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode:
-            raise RuntimeError(f"{method} failed:\n{done.stderr[-3000:]}")
-        results[method] = json.loads(done.stdout.strip().splitlines()[-1])
+    for storage in args.storage:
+        for method in METHODS:
+            if method in args.skip:
+                continue
+            repeat = 1 if method == "python_reference" else args.repeat
+            if args.smoke:
+                results[storage, method] = run_one(method, path, args.max_length, args.overlap, repeat,
+                                                   args.batch_size, storage)
+                continue
+            cmd = [sys.executable, os.path.abspath(__file__), "--_one", method, "--_path", path, "--_storage", storage,
+                   "--max-length", str(args.max_length), "--overlap", str(args.overlap), "--repeat", str(repeat),
+                   "--batch-size", str(args.batch_size)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode:
+                raise RuntimeError(f"{method} ({storage}) failed:\n{done.stderr[-3000:]}")
+            results[storage, method] = json.loads(done.stdout.strip().splitlines()[-1])
     if not args.data_dir:
         shutil.rmtree(tmp, ignore_errors=True)
     report(results, args, n_tokens, n_images)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "rows": args.rows, "tokens": n_tokens, "results": results}, f, indent=1)
+            json.dump({"machine": machine(), "rows": args.rows, "tokens": n_tokens,
+                       "results": [r for r in results.values()]}, f, indent=1)
     return results
 
 
 def report(results, args, n_tokens, n_images):
-    base = results.get("identity")
-    ch = results.get("chunker")
     print(f"# bench_split: {args.rows} rows, {n_tokens:,} tokens, {n_images:,} images (Gemma 3 grammar), "
           f"max_length={args.max_length}, overlap={args.overlap}, map batch_size={args.batch_size}")
     print(f"# {machine()}")
-    rows = []
-    for name, r in results.items():
-        rel = f"{r['seconds'] / base['seconds']:.2f}x" if base else "-"
-        vs = f"{r['seconds'] / ch['seconds']:.1f}x" if ch and name != "chunker" else "-"
-        mem = f"{r['peak_mb'] / base['peak_mb']:.2f}x" if base and base["peak_mb"] > 0 else "-"
-        rows.append([name, f"{r['seconds']:.2f}", f"{n_tokens / r['seconds'] / 1e6:.1f}", rel, vs,
-                     f"{r['peak_mb']:.0f}", mem, r["rows_out"]])
-    print(table(rows, ["method", "seconds", "Mtok/s", "time / identity", "time / chunker", "peak MB",
-                       "peak / identity", "rows out"]))
-    if base and ch:
+    checks = []
+    for storage in args.storage:
+        mine = {m: r for (s, m), r in results.items() if s == storage}
+        base, ch = mine.get("identity"), mine.get("chunker")
+        rows = []
+        for name, r in mine.items():
+            rel = f"{r['cpu'] / base['cpu']:.2f}x" if base else "-"
+            vs = f"{r['cpu'] / ch['cpu']:.2f}x" if ch and name != "chunker" else "-"
+            mem = f"{r['peak_mb'] / base['peak_mb']:.2f}x" if base and base["peak_mb"] > 0 else "-"
+            rows.append([storage, name, f"{r['cpu']:.2f}", f"{r['seconds']:.2f}", f"{n_tokens / r['seconds'] / 1e6:.1f}",
+                         rel, vs, f"{r['peak_mb']:.0f}", mem, r["rows_out"]])
+        print(table(rows, ["storage", "method", "CPU s", "wall s", "Mtok/s", "CPU / identity", "CPU / chunker",
+                           "peak MB", "peak / identity", "rows out"]))
         print()
-        checks = [("chunker / identity time", ch["seconds"] / base["seconds"], "<= 3"),
-                  ("chunker peak / identity peak", ch["peak_mb"] / max(base["peak_mb"], 1e-9), "<= 1.5")]
-        if "trl_bfd_split" in results:
-            checks.append(("TRL bfd_split / chunker time", results["trl_bfd_split"]["seconds"] / ch["seconds"], ">= 3"))
-        if "python_reference" in results:
-            checks.append(("python reference / chunker time",
-                           results["python_reference"]["seconds"] / ch["seconds"], ">= 30"))
+        if base and ch:
+            checks += [(f"{storage}: chunker / identity CPU time", ch["cpu"] / base["cpu"], "<= 3"),
+                       (f"{storage}: chunker peak / identity peak", ch["peak_mb"] / max(base["peak_mb"], 1e-9), "<= 1.5")]
+        if ch and "trl_bfd_split" in mine:
+            checks.append((f"{storage}: TRL bfd_split / chunker CPU time", mine["trl_bfd_split"]["cpu"] / ch["cpu"], "> 1"))
+        if ch and "python_reference" in mine:
+            checks.append((f"{storage}: python reference / chunker CPU time",
+                           mine["python_reference"]["cpu"] / ch["cpu"], ">= 30"))
+    if checks:
         print(table([[name, f"{v:.2f}", target] for name, v, target in checks], ["ratio", "measured", "target"]))
 
 

@@ -5,23 +5,27 @@ from .errors import (
     ConfigError,
     EmptyBatchError,
     EmptyConversationError,
+    GrammarError,
     ImageCountError,
     ImageDecodeError,
     ImageTokenCountError,
     ImageTokenMismatchError,
     InvalidTokenError,
+    NoSupervisionError,
     OversizeSpanError,
     PixelMismatchError,
     PrefixError,
+    ProcessorError,
     RowFormatError,
     SourceError,
     SpanError,
+    TemplateError,
     UnsupportedProcessorError,
 )
 from .plan import Window, plan_windows
 from .spans import Spans, find_image_spans
 from .spec import ImageSpanSpec
-from .splitter import SplitStats, WindowSplitter
+from .splitter import SplitStats, WindowSplitter, drop_skipped
 
 __version__ = "0.1.0"
 
@@ -39,24 +43,29 @@ __all__ = [
     "ConfigError",
     "EmptyBatchError",
     "EmptyConversationError",
+    "GrammarError",
     "ImageCountError",
     "ImageDecodeError",
     "ImageSpanSpec",
     "ImageTokenCountError",
     "ImageTokenMismatchError",
     "InvalidTokenError",
+    "NoSupervisionError",
     "OversizeSpanError",
     "PixelMismatchError",
     "PrefixError",
+    "ProcessorError",
     "RowFormatError",
     "SourceError",
     "SpanError",
     "Spans",
     "SplitStats",
+    "TemplateError",
     "UnsupportedProcessorError",
     "Window",
     "WindowCollator",
     "WindowSplitter",
+    "drop_skipped",
     "find_image_spans",
     "plan_windows",
 ]

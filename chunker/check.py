@@ -49,8 +49,8 @@ class RowScanner:
         rec = {"index": index, "tokens": 0, "images": 0, "breaks": False, "windows": 0, "cut": 0, "dropped": 0,
                "error": ""}
         try:
-            parsed = sp._parse(row, index)
-            ids = parsed["ids"]
+            parsed = sp.parse(row, index)
+            ids = parsed.ids
             spans = find_image_spans(ids, sp.spec, row=index)
         except ChunkerError as exc:
             rec["error"] = f"{type(exc).__name__}: {exc}"
@@ -61,7 +61,7 @@ class RowScanner:
         rec["dropped"] = int((spans.starts >= limit).sum())
         rec["breaks"] = bool(rec["cut"] or rec["dropped"])
         try:
-            rec["windows"] = len(sp._windows(parsed, index))
+            rec["windows"] = len(sp.analyse(parsed, index).geometry)
         except ChunkerError as exc:
             rec["error"] = f"{type(exc).__name__}: {exc}"
         return rec

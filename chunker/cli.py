@@ -13,6 +13,8 @@ import time
 
 EXIT_OK, EXIT_BREAKS, EXIT_ERROR = 0, 1, 2
 DEMO_ROWS, DEMO_MAX_LENGTH, DEMO_OVERLAP, DEMO_STEPS = 8, 512, 64, 6
+SPLIT_OUTPUTS = ("windows", "windows.parquet", "report.json", "report.png")  # what `split` writes into --out
+REPORT_EXTRA = 'pip install "vlm-chunker[report]"'
 
 
 def main(argv=None) -> int:
@@ -53,10 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,check,split}")
 
     demo = sub.add_parser("demo", help="split bundled long conversations and train a tiny model on the windows (offline)")
-    demo.add_argument("--rows", type=int, default=DEMO_ROWS, help="conversations to generate (default %(default)s)")
+    demo.add_argument("--rows", type=_at_least(1), default=DEMO_ROWS, help="conversations to generate (default %(default)s)")
     demo.add_argument("--max-length", type=int, default=DEMO_MAX_LENGTH, help="window size in tokens (default %(default)s)")
     demo.add_argument("--overlap", type=int, default=DEMO_OVERLAP, help="context tokens repeated (default %(default)s)")
-    demo.add_argument("--steps", type=int, default=DEMO_STEPS, help="optimizer steps of the tiny model (default %(default)s)")
+    demo.add_argument("--steps", type=_at_least(0), default=DEMO_STEPS,
+                      help="optimizer steps of the tiny model (default %(default)s)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=run_demo)
 
@@ -66,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a processor folder, a hub model id, or 'demo' (the bundled tiny Qwen2-VL processor)")
         p.add_argument("--max-length", "-n", type=int, required=True, metavar="N", help="window size in tokens")
         p.add_argument("--overlap", "-k", type=int, default=0, metavar="K", help="context tokens repeated (default 0)")
-        p.add_argument("--num-proc", "-j", type=int, default=None, metavar="J", help="worker processes")
+        p.add_argument("--num-proc", "-j", type=_at_least(1), default=None, metavar="J", help="worker processes")
         p.add_argument("--split", default="train", help="split of a DatasetDict folder or hub dataset (default train)")
         p.add_argument("--prefix", choices=("bos", "system", "none"), default="bos",
                        help="repeated before every window after the first (default bos)")
@@ -76,19 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="preflight: which rows truncation at N would break, windows needed")
     data_args(check)
     check.add_argument("--json", action="store_true", help='print {"rows": [...], "summary": {...}} as JSON')
-    check.add_argument("--show", type=int, default=20, metavar="R", help="rows listed in the table (default 20)")
+    check.add_argument("--show", type=_at_least(0), default=20, metavar="R", help="rows listed in the table (default 20)")
     check.set_defaults(run=run_check)
 
-    split = sub.add_parser("split", help="write the window dataset and a report (table, report.json, report.png)")
+    split = sub.add_parser("split", help="write the window dataset and a report (table, report.json, report.png "
+                                         "when matplotlib is installed)")
     data_args(split)
-    split.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
+    split.add_argument("--out", "-o", required=True, metavar="DIR",
+                       help="output folder; refused if it holds an earlier split's output, unless --overwrite")
+    split.add_argument("--overwrite", action="store_true",
+                       help="replace the windows and report an earlier split wrote into DIR")
     split.add_argument("--format", choices=("arrow", "parquet"), default="arrow",
                        help="arrow: DIR/windows (save_to_disk); parquet: DIR/windows.parquet (default arrow)")
     split.add_argument("--on-oversize", choices=("skip", "raise"), default="skip",
                        help="rows with an image span longer than N (default skip, counted in the report)")
     split.add_argument("--on-error", choices=("skip", "raise"), default="skip",
                        help="rows that cannot be read or split (default skip, counted in the report)")
-    split.add_argument("--no-plot", action="store_true", help="do not draw report.png")
+    split.add_argument("--no-plot", action="store_true", help=f"do not draw report.png (drawing needs {REPORT_EXTRA})")
     split.set_defaults(run=run_split)
     return parser
 
@@ -141,16 +148,21 @@ def run_split(args) -> int:
     """`chunker split`: map the splitter over DATA, write the windows, print and write the report."""
     from .report import format_table, summary_rows, window_summary, write_report
 
+    earlier = _earlier_outputs(args.out, overwrite=args.overwrite, data=args.data)
     ds, splitter = _rows_and_splitter(args, on_oversize=args.on_oversize, on_error=args.on_error)
     windows = ds.map(
         splitter, batched=True, with_indices=True, remove_columns=ds.column_names, num_proc=args.num_proc,
         load_from_cache_file=False, desc="splitting rows",
     )
-    os.makedirs(args.out, exist_ok=True)
+    _make_out(args.out, earlier)
+    from .splitter import SplitStats, drop_skipped
+
+    stats = SplitStats.from_windows(windows)  # counted from the map's output: right across --num-proc workers
+    windows = drop_skipped(windows) if stats.skipped else windows
     if not len(windows):
         from .errors import ChunkerError
 
-        summary = window_summary(windows, splitter.stats, max_length=args.max_length)
+        summary = window_summary(windows, stats, max_length=args.max_length)
         files = write_report(summary, args.out)
         first = summary["skipped_examples"][0]["reason"] if summary["skipped_examples"] else "no rows"
         raise ChunkerError(
@@ -164,14 +176,57 @@ def run_split(args) -> int:
     else:
         target = os.path.join(args.out, "windows")
         windows.save_to_disk(target)
-    summary = window_summary(windows, splitter.stats, max_length=args.max_length)
+    summary = window_summary(windows, stats, max_length=args.max_length)
     summary.update(data=args.data, processor=args.processor, overlap=args.overlap, output=target, format=args.format)
     files = write_report(summary, args.out, windows=None if args.no_plot else windows)
     print(format_table(summary_rows(summary), title=f"split: {args.data}"))
     for e in summary["skipped_examples"][:5]:
         print(f"skipped row {e['row']}: {e['reason']}")
     print(f"\nwindows: {target}\nreport:  {files['json']}" + (f"\nplot:    {files['png']}" if files["png"] else ""))
+    if files["png"] is None and not args.no_plot:  # write_report draws no PNG only when matplotlib cannot be imported
+        print(f"chunker: note: report.png was not written: matplotlib cannot be imported; {REPORT_EXTRA} to draw it "
+              "(or pass --no-plot)", file=sys.stderr)
     return EXIT_OK
+
+
+def _earlier_outputs(out, *, overwrite, data):
+    """The names of SPLIT_OUTPUTS already in `out`; a ConfigError, before any work, unless `overwrite` (and
+    DATA is not one of them, which replacing would delete)."""
+    from .errors import ConfigError
+
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {out!r} is a file, not a folder: choose a folder for the windows and report")
+    earlier = [name for name in SPLIT_OUTPUTS if os.path.lexists(os.path.join(out, name))]
+    if earlier and not overwrite:
+        raise ConfigError(
+            f"--out {out!r} already holds {', '.join(earlier)} from an earlier split: pass --overwrite to replace "
+            "them, or choose another folder"
+        )
+    for name in earlier:
+        old = os.path.realpath(os.path.join(out, name))
+        if os.path.commonpath([old, os.path.realpath(data)]) == old:
+            raise ConfigError(f"DATA {data!r} is the earlier {name} in --out {out!r}, which --overwrite would delete: "
+                              "choose another --out")
+    return earlier
+
+
+def _make_out(out, earlier) -> None:
+    """Create `out` and remove the earlier outputs --overwrite replaces (all of them, so none is left stale)."""
+    import shutil
+
+    from .errors import ConfigError
+
+    try:
+        os.makedirs(out, exist_ok=True)
+        for name in earlier:
+            path = os.path.join(out, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write into --out {out!r} ({exc.strerror}: {exc.filename}): choose a folder "
+                          "you can write") from exc
 
 
 def _embed_images(windows, *, num_proc=None):
@@ -325,6 +380,19 @@ def _train(windows, processor, *, steps, seed) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------- plumbing
+
+
+def _at_least(minimum: int):
+    """An argparse type: an integer >= `minimum` (argparse turns the ValueError into a one-line usage error)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def _one_line(exc: BaseException) -> str:

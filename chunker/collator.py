@@ -1,4 +1,16 @@
-"""WindowCollator: window rows to the padded tensors a model's forward takes, with per-row image-token checks."""
+"""Window rows to the padded tensors a model's forward takes, with every media item checked against its span.
+
+`WindowCollator` is a thin composition of small public functions that users can call on their own:
+
+    rows = parse_rows(window_rows, spec)                       # validated rows (ids, labels, media)
+    media = make_media(processor, rows, spec)                  # pixels the processor's way + per-item counts
+    batch = pad_batch(rows, pad_token_id, type_ids_column=spec.type_ids_column)
+    check_batch(batch, media, spec, rows=rows)                 # every span vs its own item, one host sync
+    batch.update(media.model_inputs(processor))
+
+How many placeholder tokens each media item needs is the family adapter's `item_tokens` hook
+(`chunker.families`); nothing here branches on the family.
+"""
 
 from __future__ import annotations
 
@@ -22,14 +34,7 @@ from .errors import (
 )
 from .labels import IGNORE
 from .media import PER_ITEM_KEYS, TENSOR_STREAMS, load_image
-from .ops import (
-    check_alignment,
-    count_image_tokens,
-    expected_tokens_per_row,
-    image_counts_per_row,
-    media_items_per_row,
-    segment_sum,
-)
+from .ops import ItemCheck, check_item_counts, item_token_counts, segment_sum
 from .spans import VIDEO
 
 POLICIES = ("raise", "drop")
@@ -38,38 +43,40 @@ MODEL_MEDIA_KEYS = (
     "pixel_values", "pixel_attention_mask", "image_grid_thw", "image_sizes", "pixel_values_videos",
     "video_grid_thw", "second_per_grid_ts",
 )
-# How a family's placeholder count per media item follows from the media metadata (data, not branches):
-# "fixed" tokens_per_image per pixel block, "grid" t*h*w/merge^2, "tiles" tokens_per_tile per tile/patch,
-# "sizes" the processor's own count from the original image size, "patch_grid" (h/P)*(w/P) of the resized size.
-COUNT_RULES = {
-    "gemma3": "fixed", "paligemma": "fixed", "llava": "fixed",
-    "qwen2_vl": "grid", "qwen2_5_vl": "grid", "qwen3_vl": "grid",
-    "idefics3": "tiles", "internvl": "tiles",
-    "llava_next": "sizes", "llava_onevision": "sizes",
-    "pixtral": "patch_grid",
-}
 
 
 @dataclass
 class CollateStats:
-    """What a collator did: batches and rows seen, rows dropped by reason, with examples."""
+    """What a collator did: batches and rows seen, rows dropped by reason, with examples, and the ledger rows of
+    input rows the splitter skipped (`skipped_upstream`), which it never collates."""
 
     batches: int = 0
     rows: int = 0
     dropped: Counter = field(default_factory=Counter)
     examples: list = field(default_factory=list)
+    skipped_upstream: int = 0
 
     @property
     def dropped_rows(self) -> int:
         return sum(self.dropped.values())
 
     def as_dict(self) -> dict:
-        return {"batches": self.batches, "rows": self.rows, "dropped": dict(self.dropped), "examples": self.examples}
+        return {"batches": self.batches, "rows": self.rows, "dropped": dict(self.dropped), "examples": self.examples,
+                "skipped_upstream": self.skipped_upstream}
 
 
 @dataclass
-class _Row:
-    """One parsed window row."""
+class WindowRow:
+    """One validated window row, as `parse_rows` gives it.
+
+    Attributes:
+        ids, labels, attention: `(L,)` int64 tensors.
+        type_ids: the family's type-id column `(L,)`, or None when the family has none.
+        images: the row's images as given (PIL images, paths, bytes, dicts), or None.
+        tensors: media tensors the row carries already sliced (`pixel_values`, `image_grid_thw`, ...).
+        name: "3 (source_index 7, window_index 1)", for messages.
+        source_index, window_index: where the window came from, when the row says.
+    """
 
     ids: torch.Tensor
     labels: torch.Tensor
@@ -78,12 +85,297 @@ class _Row:
     images: list | None
     tensors: dict
     name: str
-    source_index: int | None
-    window_index: int | None
+    source_index: int | None = None
+    window_index: int | None = None
+
+
+@dataclass
+class RowMedia:
+    """One row's media as tensors, and the placeholder tokens each of its media items needs, in order.
+
+    Attributes:
+        tensors: pixels and companions of the row (`pixel_values`, `image_grid_thw`, ...).
+        image_tokens, video_tokens: `(n,)` int64, tokens each image (or pixel block) / video needs.
+        merged: `image_tokens` are per unit (a tile) finer than a span: the check compares spans with sums.
+        error: why the row has no media (`ImageDecodeError`, `ImageCountError`), under `errors="keep"`.
+    """
+
+    tensors: dict = field(default_factory=dict)
+    image_tokens: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    video_tokens: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    merged: bool = False
+    error: ChunkerError | None = None
+
+
+@dataclass
+class BatchMedia:
+    """The media of a batch, row by row, as `make_media` gives them.
+
+    Attributes:
+        rows: one RowMedia per batch row, in order.
+        spec: the family grammar (how the pixels of rows are joined).
+    """
+
+    rows: list
+    spec: object
+
+    @property
+    def failed(self) -> list:
+        """(row index, error) of every row whose media could not be made (under `errors="keep"`)."""
+        return [(i, m.error) for i, m in enumerate(self.rows) if m.error is not None]
+
+    @property
+    def merged(self) -> bool:
+        return any(m.merged for m in self.rows)
+
+    def select(self, keep) -> BatchMedia:
+        """The media of rows `keep` (indices), in that order."""
+        return BatchMedia([self.rows[i] for i in keep], self.spec)
+
+    def expected(self) -> tuple:
+        """Per stream (image, video): `(counts, per_row)`, the tokens each item needs, rows after rows."""
+        out = []
+        for stream in ("image_tokens", "video_tokens"):
+            parts = [getattr(m, stream) for m in self.rows]
+            counts = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+            out.append((counts, torch.tensor([len(p) for p in parts], dtype=torch.int64)))
+        return tuple(out)
+
+    def tensors(self) -> dict:
+        """Every media tensor of the batch, rows joined in order (Idefics3: per-row pixel axis, zero-padded)."""
+        per_row = [m.tensors for m in self.rows]
+        keys = [k for k in dict.fromkeys(k for t in per_row for k in t) if k in TENSOR_STREAMS]
+        out = {}
+        for key in keys:
+            parts = [t[key] for t in per_row if key in t and t[key].shape[0]]
+            if not parts:
+                continue
+            if self.spec.extra.get("batch_axis_pixels") and key in ("pixel_values", "pixel_attention_mask"):
+                out[key] = _stack_padded([t.get(key) for t in per_row], parts[0])
+            else:
+                out[key] = _cat_padded(parts)
+        return out
+
+    def model_inputs(self, processor=None) -> dict:
+        """The media tensors the model's forward takes (those in the processor's `model_input_names`)."""
+        names = getattr(processor, "model_input_names", None) or ()
+        tensors = self.tensors()
+        return {k: tensors[k] for k in MODEL_MEDIA_KEYS
+                if k in tensors and (not names or k in names or k == "pixel_values")}
+
+
+def parse_rows(rows, spec, *, vocab_size: int | None = None, max_length: int | None = None) -> list[WindowRow]:
+    """Validate window rows and read their columns as tensors.
+
+    Args:
+        rows: window rows (dicts of lists, numpy arrays or tensors), or one dict of columns.
+        spec: the family grammar (`ImageSpanSpec.from_processor(processor)`).
+        vocab_size: refuse token ids outside `[0, vocab_size)` (e.g. `len(processor.tokenizer)`).
+        max_length: refuse rows longer than this; nothing is truncated.
+
+    Returns:
+        One WindowRow per row. Labels default to the ids with media tokens ignored; attention to ones;
+        the family's type ids to 1 on image and 2 on video placeholders.
+
+    Raises:
+        RowFormatError: a row without input_ids, an empty or too long row, columns of another length, or
+            a type-id column of another family.
+        InvalidTokenError: ids that are not integers or lie outside the vocabulary.
+
+    Example:
+        >>> from chunker import ImageSpanSpec
+        >>> spec = ImageSpanSpec(family="custom", kind="bracket", image_token_id=7, open_ids=(5,), close_ids=(6,))
+        >>> row = parse_rows([{"input_ids": [1, 5, 7, 6, 2], "source_index": 3, "window_index": 0}], spec)[0]
+        >>> row.labels.tolist(), row.name
+        ([1, -100, -100, -100, 2], '0 (source_index 3, window_index 0)')
+    """
+    return [_parse_row(row, i, spec, vocab_size, max_length) for i, row in enumerate(_as_row_list(rows))]
+
+
+def make_media(processor, rows: list[WindowRow], spec=None, *, images_kwargs: dict | None = None,
+               errors: str = "raise", check: bool = True, adapter=None) -> BatchMedia:
+    """Each row's media tensors (its own, or made from its images) and the tokens each of its items needs.
+
+    All images of the batch go through the processor's own image path in one call, with the processor's
+    image settings (its defaults merged with `images_kwargs`, as its `__call__` merges them), then each
+    row gets its slice. Per-item counts come from the family adapter's `item_tokens` hook.
+
+    Args:
+        processor: the model's processor (needed for rows with images; None for rows with pixel tensors).
+        rows: `parse_rows` output.
+        spec: the family grammar; detected from `processor` when None.
+        images_kwargs: image-processor settings overriding the processor's; the ones the rows were made with.
+        errors: "raise" the first row's `ImageDecodeError`/`ImageCountError`, or "keep" it in
+            `RowMedia.error` (that row gets no media) to let the caller drop the row.
+        check: refuse rows whose text holds media tokens but that carry neither images nor pixel tensors.
+        adapter: the family adapter (`chunker.families.adapter_for`); found from `processor` or `spec` when None.
+
+    Returns:
+        BatchMedia, one RowMedia per row.
+
+    Raises:
+        ImageDecodeError: an image cannot be decoded, or the processor refuses the batch's images.
+        ImageCountError: a row's text holds media tokens but the row has no `images` column.
+        PixelMismatchError: pixel tensors whose per-item counts the family's rule cannot tell.
+        ConfigError: rows with images and no processor.
+
+    Example:
+        >>> from chunker import ImageSpanSpec
+        >>> spec = ImageSpanSpec(family="custom", kind="bracket", image_token_id=7, open_ids=(5,), close_ids=(6,),
+        ...                      tokens_per_image=2)
+        >>> rows = parse_rows([{"input_ids": [5, 7, 7, 6, 5, 7, 7, 6], "pixel_values": torch.zeros(2, 3, 4, 4)},
+        ...                    {"input_ids": [5, 7, 7, 6], "pixel_values": torch.zeros(1, 3, 4, 4)}], spec)
+        >>> [t.tolist() for t in make_media(None, rows, spec).expected()[0]]   # tokens per image; images per row
+        [[2, 2, 2], [2, 1]]
+
+    With a real processor, rows carry `images` and the processor makes the pixels:
+    `make_media(processor, parse_rows(windows, spec), spec)`.
+    """
+    if errors not in ("raise", "keep"):
+        raise ConfigError(f"errors={errors!r} must be 'raise' or 'keep'")
+    if adapter is None:
+        adapter = _adapter(processor, spec)
+    spec = spec if spec is not None else adapter.spec
+    out, decoded = [], {}  # decoded: row index -> its images, processed together below
+    for k, row in enumerate(rows):
+        try:
+            if row.tensors:
+                out.append(_row_media(row.tensors, spec, adapter))
+            elif row.images:
+                decoded[k] = [load_image(im, row=row.name) for im in row.images]
+                out.append(None)
+            elif check and row.images is None and bool(torch.isin(row.ids, torch.tensor(spec.media_ids)).any()):
+                raise ImageCountError(
+                    "the text holds image tokens but the row has no 'images' and no pixel tensors: keep the "
+                    "'images' column when mapping (do not remove it) or pass keep_pixels=True to the splitter",
+                    row=row.name,
+                )
+            else:
+                out.append(RowMedia())
+        except (ImageDecodeError, ImageCountError) as exc:
+            if errors == "raise":
+                raise
+            out.append(RowMedia(error=exc))
+    if decoded:
+        if processor is None:
+            raise ConfigError("rows with images need the processor to make pixel values: pass WindowCollator(processor)")
+        nested = list(decoded.values())
+        try:
+            made, tiles = _run_image_processor(processor, nested, _image_kwargs(processor, images_kwargs or {}))
+        except ChunkerError:
+            raise
+        except (ValueError, TypeError, OSError) as exc:
+            raise ImageDecodeError(
+                f"the image processor refused the images of rows {[rows[k].name for k in decoded]}: {exc}"
+            ) from exc
+        pieces = _split_rows(made, [len(n) for n in nested], spec)
+        for j, (k, piece) in enumerate(zip(decoded, pieces)):
+            out[k] = _row_media(piece, spec, adapter, tiles=None if tiles is None else tiles[j])
+    return BatchMedia(out, spec)
+
+
+def pad_batch(rows: list[WindowRow], pad_token_id: int, *, pad_to_multiple_of: int | None = None,
+              type_ids_column: str | None = None) -> dict:
+    """Right-pad the rows' columns into `(B, L)` int64 tensors.
+
+    Args:
+        rows: `parse_rows` output.
+        pad_token_id: the id of padding positions.
+        pad_to_multiple_of: round L up to a multiple of this.
+        type_ids_column: the family's type-id column to pad too (0 on padding), or None.
+
+    Returns:
+        dict with `input_ids`, `attention_mask` (0 on padding), `labels` (-100 on padding) and the
+        type-id column when given.
+
+    Example:
+        >>> from chunker import ImageSpanSpec
+        >>> spec = ImageSpanSpec(family="custom", kind="bracket", image_token_id=7, open_ids=(5,), close_ids=(6,))
+        >>> batch = pad_batch(parse_rows([{"input_ids": [1, 2, 3]}, {"input_ids": [4]}], spec), 0, pad_to_multiple_of=4)
+        >>> batch["input_ids"].tolist(), batch["labels"][1].tolist()
+        ([[1, 2, 3, 0], [4, 0, 0, 0]], [4, -100, -100, -100])
+    """
+    batch = {
+        "input_ids": _pad([r.ids for r in rows], pad_token_id, pad_to_multiple_of),
+        "attention_mask": _pad([r.attention for r in rows], 0, pad_to_multiple_of),
+        "labels": _pad([r.labels for r in rows], IGNORE, pad_to_multiple_of),
+    }
+    if type_ids_column:
+        batch[type_ids_column] = _pad([r.type_ids for r in rows], 0, pad_to_multiple_of)
+    return batch
+
+
+def check_batch(batch, media: BatchMedia, spec, *, rows: list[WindowRow] | None = None,
+                raise_error: bool = True) -> ItemCheck:
+    """Check every media span of every row against its own item's expected count, in order (one host sync).
+
+    The k-th image span of row b must hold the tokens the k-th image of row b needs (and videos alike),
+    and every row as many spans as media items. Images in another row, two images of a row in the wrong
+    order, a cut span, or a span without media all fail; the model's own check sees batch totals only.
+
+    Args:
+        batch: `pad_batch` output, or its padded `(B, L)` input_ids (any device).
+        media: `make_media` output for the same rows.
+        spec: the family grammar.
+        rows: the parsed rows, to name them (source_index, window_index) in the error.
+        raise_error: raise on a mismatch; False returns the result for the caller to act on.
+
+    Returns:
+        ItemCheck: `bad_rows`, `bad_items` (row, stream, item, seen, expected), per-row totals.
+
+    Raises:
+        ImageTokenMismatchError: some row's spans do not match its media (`raise_error`); its `bad_rows`
+            lists a dict per bad row with `source_index`, `window_index`, totals and the bad `items`.
+
+    Example:
+        >>> from chunker import ImageSpanSpec
+        >>> spec = ImageSpanSpec(family="custom", kind="bracket", image_token_id=7, open_ids=(5,), close_ids=(6,))
+        >>> rows = parse_rows([{"input_ids": [1, 5, 7, 6, 5, 7, 7, 6], "source_index": 4, "window_index": 2}], spec)
+        >>> swapped = BatchMedia([RowMedia(image_tokens=torch.tensor([2, 1]))], spec)
+        >>> check_batch(pad_batch(rows, 0), swapped, spec, rows=rows)
+        Traceback (most recent call last):
+        ...
+        chunker.errors.ImageTokenMismatchError: 1 of 1 rows have media spans that do not match their own media: row 0 (source_index 4, window_index 2): image 0: 1 tokens (its media need 2); image 1: 2 tokens (its media need 1). ...
+    """
+    input_ids = batch["input_ids"] if isinstance(batch, dict) else batch
+    image, video = media.expected()
+    most = int((image[1] + video[1]).max()) if len(media.rows) else 0
+    seen = item_token_counts(input_ids, spec, max_items=most + 1)
+    has_video = spec.video_token_id is not None or len(video[0])
+    result = check_item_counts(seen, image, video if has_video else None, merged=seen.merged or media.merged)
+    if result.ok or not raise_error:
+        return result
+    raise _mismatch_error(result, rows, spec)
+
+
+def _mismatch_error(result: ItemCheck, rows, spec) -> ImageTokenMismatchError:
+    """The error naming every bad row of `result` (source_index, window_index) and its bad items."""
+    names = [r.name for r in rows] if rows else [str(i) for i in range(len(result.tokens["image"][0]))]
+    streams = ("image", "video") if spec.video_token_id is not None else ("image",)
+    why = [f"row {names[r]}: {result.describe(r)}" for r in result.bad_rows]
+    hint = ""
+    if len(result.bad_rows) == len(names) and not int(result.tokens["image"][0].sum()):
+        hint = (f" No row holds a single {spec.family} image token: the rows were probably made with "
+                "another model's processor; collate them with that processor.")
+    details = []
+    for r in result.bad_rows:
+        entry = {"row": r, "source_index": rows[r].source_index if rows else None,
+                 "window_index": rows[r].window_index if rows else None}
+        for s in streams:
+            entry[f"{s} tokens"] = (int(result.tokens[s][0][r]), int(result.tokens[s][1][r]))
+            entry[f"{s} items"] = (int(result.items[s][0][r]), int(result.items[s][1][r]))
+        entry["items"] = [b._asdict() for b in result.items_of(r)]
+        details.append(entry)
+    return ImageTokenMismatchError(
+        f"{len(why)} of {len(names)} rows have media spans that do not match their own media: " + "; ".join(why)
+        + ". The rows were truncated, edited, or given another row's images or their images in another order; "
+        "re-split them with WindowSplitter, or pass on_mismatch='drop' to skip such rows." + hint,
+        bad_rows=details,
+    )
 
 
 class WindowCollator:
-    """Collate window rows into the dict of tensors the model's forward accepts, checking every row.
+    """Collate window rows into the dict of tensors the model's forward accepts, checking every media item.
 
     A drop-in `data_collator` for `transformers.Trainer`, TRL's `SFTTrainer` and Unsloth. Rows come
     from `WindowSplitter` (through `Dataset.map`, `IterableDataset.map`, or built by hand): `input_ids`,
@@ -93,22 +385,23 @@ class WindowCollator:
     processor's own image processor with the processor's own image settings, the ones that produced
     the token counts. Rows are right-padded; padding gets label -100 and attention 0.
 
-    Before returning, every row's placeholder tokens and media items are compared with what its media
-    need (vectorized, one host sync per batch). The model's own check in transformers 5.x sums over the
-    batch; this one catches images that went to the wrong row.
+    It composes `parse_rows` -> `make_media` -> `pad_batch` -> `check_batch`. Before returning, every
+    media span of every row is compared with its own item's expected count, in order (vectorized, one
+    host sync per batch): the model's own check in transformers 5.x sums over the batch, this one catches
+    images in the wrong row and a row's images in the wrong order.
 
     Args:
         processor: the model's transformers processor (tokenizer, image processor, family grammar).
         spec: an `ImageSpanSpec`; detected from `processor` when None.
         pad_to_multiple_of: round the padded length up to a multiple of this.
-        on_mismatch: "raise" (default) an `ImageTokenMismatchError` naming every bad row, or "drop" the
-            bad rows with exactly their media, count them in `stats` and warn once. Rows whose images
-            cannot be decoded or that lack the images their text holds follow the same policy.
+        on_mismatch: "raise" (default) an `ImageTokenMismatchError` naming every bad row and item, or
+            "drop" the bad rows with exactly their media, count them in `stats` and warn once. Rows whose
+            images cannot be decoded or that lack the images their text holds follow the same policy.
         max_length: refuse rows longer than this (a `RowFormatError`); the collator never truncates.
         pad_token_id: the padding id; the tokenizer's pad (or eos) id when None.
         images_kwargs: image-processor settings overriding the processor's defaults; pass the same ones
             the rows were tokenized with.
-        check: False skips the per-row check (not recommended).
+        check: False skips the per-item check (not recommended).
 
     Raises:
         ConfigError: an unknown policy or a bad `pad_to_multiple_of`.
@@ -141,12 +434,13 @@ class WindowCollator:
             raise ConfigError(f"max_length={max_length!r} must be a positive integer or None")
         if processor is None and spec is None:
             raise ConfigError("pass the model's processor (or a spec, for rows that carry pixel tensors)")
+        self.adapter = _adapter(processor, spec)
         if spec is None:
-            from .families import spec_from_processor
+            from .families.probe import check_grammar
 
-            spec = spec_from_processor(processor)
+            check_grammar(self.adapter, images_kwargs)
         self.processor = processor
-        self.spec = spec
+        self.spec = self.adapter.spec
         self.pad_to_multiple_of = pad_to_multiple_of
         self.on_mismatch = on_mismatch
         self.max_length = max_length
@@ -156,14 +450,9 @@ class WindowCollator:
             pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.pad_token_id = int(pad_token_id or 0)
         self.vocab_size = len(tok) if tok is not None and hasattr(tok, "__len__") else None
-        self.images_kwargs = _image_kwargs(processor, images_kwargs or {})
-        self.rule = COUNT_RULES.get(spec.family) or _fallback_rule(spec)
+        self.images_kwargs = dict(images_kwargs or {})
         self.stats = CollateStats()
         self._warned = False
-        names = getattr(processor, "model_input_names", None) or ()
-        self._keys = tuple(k for k in MODEL_MEDIA_KEYS if not names or k in names or k == "pixel_values")
-
-    # ------------------------------------------------------------------ public API
 
     def __call__(self, rows) -> dict:
         """Collate a list of window rows (or a dict of columns) into a dict of tensors.
@@ -178,7 +467,7 @@ class WindowCollator:
 
         Raises:
             EmptyBatchError: no rows, or every row was dropped.
-            ImageTokenMismatchError: rows whose tokens do not match their media (on_mismatch="raise").
+            ImageTokenMismatchError: rows whose spans do not match their media (on_mismatch="raise").
             ImageDecodeError, ImageCountError: a row's images cannot be read or are missing ("raise").
             RowFormatError, InvalidTokenError: a row that is not a window row of this processor's family.
         """
@@ -187,24 +476,33 @@ class WindowCollator:
             raise EmptyBatchError("the collator got an empty batch: give at least one window row")
         self.stats.batches += 1
         self.stats.rows += len(rows)
-        parsed, media, dropped = [], [], []
-        for i, row in enumerate(rows):
-            p = self._parse(row, i)
-            try:
-                m = self._media(p)
-            except (ImageDecodeError, ImageCountError) as exc:
-                if self.on_mismatch == "raise":
-                    raise
-                dropped.append((p, type(exc).__name__, str(exc)))
-                continue
-            parsed.append(p)
-            media.append(m)
-        batch, bad = self._assemble(parsed, media)
-        if bad:
-            dropped += [(parsed[i], "ImageTokenMismatchError", why) for i, why in bad]
-            keep = [i for i in range(len(parsed)) if i not in {b for b, _ in bad}]
-            parsed, media = [parsed[i] for i in keep], [media[i] for i in keep]
-            batch, _ = self._assemble(parsed, media) if parsed else (None, None)
+        ledger = [r for r in rows if isinstance(r, dict) and r.get("num_windows") == 0]
+        if ledger:  # a skipped input row's ledger row (WindowSplitter on_error="skip"): counted, never trained
+            self.stats.skipped_upstream += len(ledger)
+            rows = [r for r in rows if not (isinstance(r, dict) and r.get("num_windows") == 0)]
+            if not rows:
+                raise EmptyBatchError(
+                    f"the batch holds only ledger rows of {len(ledger)} skipped input rows (num_windows 0): remove them "
+                    "before training with chunker.drop_skipped(windows)"
+                )
+        drop = self.on_mismatch == "drop"
+        parsed = parse_rows(rows, self.spec, vocab_size=self.vocab_size, max_length=self.max_length)
+        media = make_media(self.processor, parsed, self.spec, images_kwargs=self.images_kwargs,
+                           errors="keep" if drop else "raise", check=self.check, adapter=self.adapter)
+        dropped = [(parsed[i], type(e).__name__, str(e)) for i, e in media.failed]
+        keep = [i for i, m in enumerate(media.rows) if m.error is None]
+        batch = pad_batch([parsed[i] for i in keep], self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of,
+                          type_ids_column=self.spec.type_ids_column) if keep else None
+        if keep and self.check:
+            result = check_batch(batch, media.select(keep), self.spec, rows=[parsed[i] for i in keep],
+                                 raise_error=not drop)
+            if not result.ok:
+                dropped += [(parsed[keep[r]], "ImageTokenMismatchError", f"row {parsed[keep[r]].name}: {result.describe(r)}")
+                            for r in result.bad_rows]
+                keep = [i for r, i in enumerate(keep) if r not in set(result.bad_rows)]
+                batch = pad_batch([parsed[i] for i in keep], self.pad_token_id,
+                                  pad_to_multiple_of=self.pad_to_multiple_of,
+                                  type_ids_column=self.spec.type_ids_column) if keep else None
         if dropped:
             self._record_drops(dropped)
         if batch is None:
@@ -212,141 +510,8 @@ class WindowCollator:
                 f"every one of the {len(rows)} rows of the batch was dropped ({dict(Counter(r for _, r, _ in dropped))}); "
                 "see collator.stats.examples for why"
             )
+        batch.update(media.select(keep).model_inputs(self.processor))
         return batch
-
-    # ------------------------------------------------------------------ rows
-
-    def _parse(self, row: dict, i: int) -> _Row:
-        if not isinstance(row, dict):
-            raise RowFormatError(f"a window row must be a dict of columns, got {type(row).__name__}", row=i)
-        src, win = row.get("source_index"), row.get("window_index")
-        name = f"{i} (source_index {src}, window_index {win})" if src is not None else str(i)
-        if row.get("input_ids") is None:
-            raise RowFormatError(
-                f"the row has no input_ids (columns {sorted(row)}): map the dataset with WindowSplitter first", row=name
-            )
-        ids = _as_ids(row["input_ids"], self.vocab_size, name)
-        n = ids.shape[0]
-        if n == 0:
-            raise RowFormatError("input_ids is empty: drop the row before collating", row=name)
-        if self.max_length is not None and n > self.max_length:
-            raise RowFormatError(
-                f"the row holds {n} tokens, more than max_length={self.max_length}: the collator never truncates; "
-                f"split rows with WindowSplitter(max_length={self.max_length})",
-                row=name,
-            )
-        labels = _column(row, "labels", n, name)
-        if labels is None:
-            labels = ids.masked_fill(torch.isin(ids, torch.tensor(self.spec.structural_ids or (-1,))), IGNORE)
-        attention = _column(row, "attention_mask", n, name)
-        attention = torch.ones(n, dtype=torch.int64) if attention is None else attention
-        column = self.spec.type_ids_column
-        if column != "mm_token_type_ids" and row.get("mm_token_type_ids") is not None:
-            raise RowFormatError(
-                f"the row has a 'mm_token_type_ids' column but this collator's processor is of the {self.spec.family} "
-                f"family (which uses {column!r}): the rows were made with another model's processor; collate them "
-                "with that processor",
-                row=name,
-            )
-        type_ids = None
-        if column is not None:
-            type_ids = _column(row, column, n, name)
-            if type_ids is None:
-                type_ids = (ids == self.spec.image_token_id).to(torch.int64)
-                if self.spec.video_token_id is not None:
-                    type_ids[ids == self.spec.video_token_id] = 2
-        tensors = {k: _as_tensor(row[k]) for k in TENSOR_STREAMS if row.get(k) is not None}
-        images = row.get("images")
-        images = list(images) if images is not None else None
-        return _Row(ids, labels, attention, type_ids, images, tensors, name, src, win)
-
-    def _media(self, p: _Row) -> dict:
-        """The row's media as tensors (its own, or made from its images), plus per-row unit counts."""
-        if p.tensors:
-            return _row_units(p.tensors, self.spec, self.rule, self.processor, n_images=_len(p.images))
-        if p.images:
-            return {"images": [load_image(im, row=p.name) for im in p.images], "n_images": len(p.images)}
-        if p.images is None and self.check and bool(torch.isin(p.ids, torch.tensor(self.spec.media_ids)).any()):
-            raise ImageCountError(
-                "the text holds image tokens but the row has no 'images' and no pixel tensors: keep the "
-                "'images' column when mapping (do not remove it) or pass keep_pixels=True to the splitter",
-                row=p.name,
-            )
-        return {"n_images": 0}
-
-    # ------------------------------------------------------------------ batch
-
-    def _assemble(self, parsed: list[_Row], media: list[dict]):
-        if not parsed:
-            return None, []
-        ids = _pad([p.ids for p in parsed], self.pad_token_id, self.pad_to_multiple_of)
-        batch = {
-            "input_ids": ids,
-            "attention_mask": _pad([p.attention for p in parsed], 0, self.pad_to_multiple_of),
-            "labels": _pad([p.labels for p in parsed], IGNORE, self.pad_to_multiple_of),
-        }
-        if self.spec.type_ids_column:
-            batch[self.spec.type_ids_column] = _pad([p.type_ids for p in parsed], 0, self.pad_to_multiple_of)
-        media = self._process_images(parsed, media)
-        tensors, units = _merge_media(media, self.spec)
-        bad = []
-        if self.check:
-            bad = self._check(batch["input_ids"], units, tensors, parsed)
-        for key in self._keys:
-            if key in tensors:
-                batch[key] = tensors[key]
-        return batch, bad
-
-    def _process_images(self, parsed, media) -> list[dict]:
-        """Run the image processor once over every image of the batch, then give each row its slice."""
-        todo = [k for k, m in enumerate(media) if "images" in m]
-        if not todo:
-            return media
-        if self.processor is None:
-            raise ConfigError("rows with images need the processor to make pixel values: pass WindowCollator(processor)")
-        nested = [media[k]["images"] for k in todo]
-        try:
-            out = _run_image_processor(self.processor, nested, self.images_kwargs)
-        except ChunkerError:
-            raise
-        except (ValueError, TypeError, OSError) as exc:
-            raise ImageDecodeError(
-                f"the image processor refused the images of rows {[parsed[k].name for k in todo]}: {exc}"
-            ) from exc
-        pieces = _split_rows(out, [len(n) for n in nested], self.spec)
-        media = list(media)
-        for k, piece in zip(todo, pieces):
-            media[k] = _row_units(piece, self.spec, self.rule, self.processor, n_images=media[k]["n_images"])
-        return media
-
-    def _check(self, input_ids, units, tensors, parsed) -> list:
-        spec = self.spec
-        seen = list(image_counts_per_row(input_ids, spec))
-        expected = [units["tokens"], units["items"]]
-        names = ["image tokens", "image items"]
-        if spec.video_token_id is not None:
-            seen += [count_image_tokens(input_ids, spec.video_token_id), media_items_per_row(input_ids, spec, video=True)]
-            expected += [units["video_tokens"], units["video_items"]]
-            names += ["video tokens", "video items"]
-        result = check_alignment(seen, expected, names)
-        if result.ok:
-            return []
-        bad = [(r, f"row {parsed[r].name}: {result.describe(r)}") for r in result.bad_rows]
-        if self.on_mismatch == "raise":
-            hint = ""
-            if len(bad) == len(parsed) and not int(result.seen[0].sum()):
-                hint = (f" No row holds a single {spec.family} image token: the rows were probably made with "
-                        "another model's processor; collate them with that processor.")
-            raise ImageTokenMismatchError(
-                f"{len(bad)} of {len(parsed)} rows have image tokens that do not match their media: "
-                + "; ".join(why for _, why in bad)
-                + ". The rows were truncated, edited, or given another row's images; re-split them with "
-                "WindowSplitter, or pass on_mismatch='drop' to skip such rows." + hint,
-                bad_rows=[{"row": r, "source_index": parsed[r].source_index, "window_index": parsed[r].window_index,
-                           **{n: (int(result.seen[k, r]), int(result.expected[k, r])) for k, n in enumerate(names)}}
-                          for r, _ in bad],
-            )
-        return bad
 
     def _record_drops(self, dropped) -> None:
         for p, reason, why in dropped:
@@ -363,7 +528,52 @@ class WindowCollator:
             )
 
 
-# ---------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------- rows and padding
+
+
+def _parse_row(row, i: int, spec, vocab_size, max_length) -> WindowRow:
+    if not isinstance(row, dict):
+        raise RowFormatError(f"a window row must be a dict of columns, got {type(row).__name__}", row=i)
+    src, win = row.get("source_index"), row.get("window_index")
+    name = f"{i} (source_index {src}, window_index {win})" if src is not None else str(i)
+    if row.get("input_ids") is None:
+        raise RowFormatError(
+            f"the row has no input_ids (columns {sorted(row)}): map the dataset with WindowSplitter first", row=name
+        )
+    ids = _as_ids(row["input_ids"], vocab_size, name)
+    n = ids.shape[0]
+    if n == 0:
+        raise RowFormatError("input_ids is empty: drop the row before collating", row=name)
+    if max_length is not None and n > max_length:
+        raise RowFormatError(
+            f"the row holds {n} tokens, more than max_length={max_length}: the collator never truncates; "
+            f"split rows with WindowSplitter(max_length={max_length})",
+            row=name,
+        )
+    labels = _column(row, "labels", n, name)
+    if labels is None:
+        labels = ids.masked_fill(torch.isin(ids, torch.tensor(spec.structural_ids or (-1,))), IGNORE)
+    attention = _column(row, "attention_mask", n, name)
+    attention = torch.ones(n, dtype=torch.int64) if attention is None else attention
+    column = spec.type_ids_column
+    if column != "mm_token_type_ids" and row.get("mm_token_type_ids") is not None:
+        raise RowFormatError(
+            f"the row has a 'mm_token_type_ids' column but this collator's processor is of the {spec.family} "
+            f"family (which uses {column!r}): the rows were made with another model's processor; collate them "
+            "with that processor",
+            row=name,
+        )
+    type_ids = None
+    if column is not None:
+        type_ids = _column(row, column, n, name)
+        if type_ids is None:
+            type_ids = (ids == spec.image_token_id).to(torch.int64)
+            if spec.video_token_id is not None:
+                type_ids[ids == spec.video_token_id] = 2
+    tensors = {k: _as_tensor(row[k]) for k in TENSOR_STREAMS if row.get(k) is not None}
+    images = row.get("images")
+    images = list(images) if images is not None else None
+    return WindowRow(ids, labels, attention, type_ids, images, tensors, name, src, win)
 
 
 def _as_row_list(rows) -> list:
@@ -372,10 +582,6 @@ def _as_row_list(rows) -> list:
         n = len(rows[cols[0]]) if cols else 0
         return [{c: rows[c][i] for c in cols} for i in range(n)]
     return list(rows)
-
-
-def _len(x) -> int | None:
-    return None if x is None else len(x)
 
 
 def _as_tensor(value) -> torch.Tensor:
@@ -428,6 +634,9 @@ def _pad(seqs, value, multiple) -> torch.Tensor:
     return out
 
 
+# ---------------------------------------------------------------------- pixels
+
+
 def _image_kwargs(processor, user: dict) -> dict:
     """The processor's own image settings (its `_defaults` merged with the user's), as its __call__ uses them."""
     if processor is None:
@@ -445,16 +654,18 @@ def _image_kwargs(processor, user: dict) -> dict:
     return kwargs
 
 
-def _run_image_processor(processor, nested: list, kwargs: dict) -> dict:
-    """Pixel tensors for nested per-row images, made the way the processor's own __call__ makes them."""
+def _run_image_processor(processor, nested: list, kwargs: dict):
+    """Pixel tensors for nested per-row images, made the way the processor's own __call__ makes them, and the
+    tiles of each image per row when the processor reports them (else None)."""
     runner = getattr(processor, "_process_images", None)
     if runner is not None:
         out = runner(nested, **kwargs)
         out = out[0] if isinstance(out, tuple) else out
     else:
         out = processor.image_processor(nested, **kwargs)
-    return {k: v if isinstance(v, torch.Tensor) else _as_tensor(v) for k, v in dict(out).items()
-            if k in TENSOR_STREAMS}
+    out = dict(out)
+    tensors = {k: v if isinstance(v, torch.Tensor) else _as_tensor(v) for k, v in out.items() if k in TENSOR_STREAMS}
+    return tensors, _tiles_per_image(out)
 
 
 def _items_rows(tensors: dict, key: str, n_items: int) -> torch.Tensor:
@@ -491,96 +702,6 @@ def _split_rows(out: dict, images_per_row: list[int], spec) -> list[dict]:
     return pieces
 
 
-def _row_units(tensors: dict, spec, rule: str, processor, n_images=None) -> dict:
-    """The row's media tensors, its media items, and per unit (pixel block, tile, image) the tokens it needs."""
-    t = dict(tensors)
-    if spec.extra.get("batch_axis_pixels") and "pixel_values" in t:
-        pv = t["pixel_values"]
-        if pv.dim() == 5 and pv.shape[0] == 1:
-            pv = t["pixel_values"] = pv[0]
-            if "pixel_attention_mask" in t and t["pixel_attention_mask"].dim() == 4:
-                t["pixel_attention_mask"] = t["pixel_attention_mask"][0]
-        real = (pv != 0).flatten(1).any(1)
-        t["pixel_values"] = pv[real]
-        if "pixel_attention_mask" in t:
-            t["pixel_attention_mask"] = t["pixel_attention_mask"][real]
-    units = {"tensors": t, "items": _image_items(t, rule, n_images), "unit_tokens": _image_unit_tokens(t, rule, spec, processor)}
-    grid = t.get("video_grid_thw")
-    merge = int(spec.extra.get("merge_size", 2))
-    grid = grid.reshape(-1, 3).to(torch.int64) if grid is not None else torch.zeros((0, 3), dtype=torch.int64)
-    units["video_items"] = int(grid.shape[0])
-    units["video_unit_tokens"] = grid.prod(-1) // (merge * merge)
-    return units
-
-
-def _image_items(t, rule, n_images) -> int:
-    """Media items the text must hold: pixel blocks for "fixed" families, images otherwise."""
-    if "pixel_values" not in t and "image_grid_thw" not in t:
-        return 0
-    if rule == "fixed":
-        return int(t["pixel_values"].shape[0])
-    for key in ("image_grid_thw", "image_sizes", "num_patches", "num_crops"):
-        if key in t:
-            return int(t[key].shape[0]) if t[key].dim() else 1
-    return n_images if n_images is not None else int(t["pixel_values"].shape[0])
-
-
-def _image_unit_tokens(t, rule, spec, processor) -> torch.Tensor:
-    """Placeholder tokens each media unit of the row needs, from its metadata (a 1-D int64 tensor)."""
-    if "pixel_values" not in t and "image_grid_thw" not in t:
-        return torch.zeros(0, dtype=torch.int64)
-    if rule == "fixed" and spec.tokens_per_image:
-        return torch.full((int(t["pixel_values"].shape[0]),), int(spec.tokens_per_image), dtype=torch.int64)
-    if rule == "grid" and "image_grid_thw" in t:
-        merge = int(spec.extra.get("merge_size", 2))
-        return t["image_grid_thw"].reshape(-1, 3).to(torch.int64).prod(-1) // (merge * merge)
-    if rule == "tiles" and spec.tokens_per_tile:
-        return torch.full((int(t["pixel_values"].shape[0]),), int(spec.tokens_per_tile), dtype=torch.int64)
-    if rule == "sizes" and "image_sizes" in t and processor is not None:
-        sizes = [tuple(int(v) for v in s) for s in t["image_sizes"].reshape(-1, 2).tolist()]
-        data = processor._get_num_multimodal_tokens(image_sizes=sizes)
-        counts = getattr(data, "num_image_tokens", None)
-        return torch.tensor(counts if counts is not None else data["num_image_tokens"], dtype=torch.int64)
-    if rule == "patch_grid" and "image_sizes" in t and processor is not None:
-        step = int(processor.patch_size) * int(getattr(processor, "spatial_merge_size", 1) or 1)
-        hw = t["image_sizes"].reshape(-1, 2).to(torch.int64)
-        return (hw[:, 0] // step) * (hw[:, 1] // step)
-    raise PixelMismatchError(
-        f"cannot tell how many image tokens the media of a {spec.family} row need (rule {rule!r}, keys {sorted(t)}): "
-        "pass the images, or the pixel tensors with their metadata (grid_thw, image_sizes), or check=False"
-    )
-
-
-def _fallback_rule(spec) -> str:
-    if spec.extra.get("token_rule") == "grid":
-        return "grid"
-    if spec.tokens_per_tile:
-        return "tiles"
-    return "fixed"
-
-
-def _merge_media(media: list[dict], spec):
-    """Concatenate the rows' media tensors in row order (per-row pixel axis for Idefics3) and their counts."""
-    units = {k: torch.tensor([m.get(k, 0) for m in media], dtype=torch.int64) for k in ("items", "video_items")}
-    for stream in ("", "video_"):
-        per_unit = [m.get(stream + "unit_tokens", torch.zeros(0, dtype=torch.int64)) for m in media]
-        units[stream + "tokens"] = expected_tokens_per_row(
-            torch.tensor([len(u) for u in per_unit], dtype=torch.int64), tokens_per_item=torch.cat(per_unit)
-        )
-    per_row = [m.get("tensors", {}) for m in media]
-    keys = [k for k in dict.fromkeys(k for t in per_row for k in t) if k in TENSOR_STREAMS]
-    out = {}
-    for key in keys:
-        parts = [t[key] for t in per_row if key in t and t[key].shape[0]]
-        if not parts:
-            continue
-        if spec.extra.get("batch_axis_pixels") and key in ("pixel_values", "pixel_attention_mask"):
-            out[key] = _stack_padded([t.get(key) for t in per_row], parts[0])
-        else:
-            out[key] = _cat_padded(parts)
-    return out, units
-
-
 def _cat_padded(parts: list) -> torch.Tensor:
     """Concatenate along dim 0, zero-padding trailing dims to the largest (patches, height, width)."""
     shape = [max(p.shape[d] for p in parts) for d in range(1, parts[0].dim())]
@@ -608,3 +729,42 @@ def _pad_to(t: torch.Tensor, trail: list) -> torch.Tensor:
         pad += [0, trail[d - 1] - t.shape[d]]
     return torch.nn.functional.pad(t, pad)
 
+
+# ====================================================================== media per row
+
+
+def _adapter(processor, spec):
+    """The family adapter of the processor (or of the spec's family, for rows that carry pixel tensors)."""
+    from .families import adapter_for, adapter_for_spec
+
+    if spec is None:
+        return adapter_for(processor)
+    return adapter_for_spec(spec, processor)
+
+
+def _row_media(tensors: dict, spec, adapter, tiles=None) -> RowMedia:
+    """The row's media tensors and, per media item, the placeholder tokens it needs (the adapter's rule)."""
+    t = dict(tensors)
+    if spec.extra.get("batch_axis_pixels") and "pixel_values" in t:
+        pv = t["pixel_values"]
+        if pv.dim() == 5 and pv.shape[0] == 1:
+            pv = t["pixel_values"] = pv[0]
+            if "pixel_attention_mask" in t and t["pixel_attention_mask"].dim() == 4:
+                t["pixel_attention_mask"] = t["pixel_attention_mask"][0]
+        real = (pv != 0).flatten(1).any(1)
+        t["pixel_values"] = pv[real]
+        if "pixel_attention_mask" in t:
+            t["pixel_attention_mask"] = t["pixel_attention_mask"][real]
+    if "pixel_values" in t or "image_grid_thw" in t:
+        image, merged = adapter.item_tokens(t, tiles)
+    else:
+        image, merged = torch.zeros(0, dtype=torch.int64), False
+    return RowMedia(t, image, adapter.video_item_tokens(t), merged)
+
+
+def _tiles_per_image(out: dict):
+    """Idefics3/SmolVLM: tiles of each image per row from the processor's `rows`/`cols` (a split image has
+    rows*cols tiles and a global one; an unsplit image only the global one), or None."""
+    if "rows" not in out or "cols" not in out:
+        return None
+    return [[r * c + 1 if r * c else 1 for r, c in zip(rows, cols)] for rows, cols in zip(out["rows"], out["cols"])]

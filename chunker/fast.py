@@ -5,10 +5,11 @@ the lazy batch `Dataset.map` passes for unformatted datasets, or a dict of Arrow
 pre-tokenized rows without pixel tensors is split without turning tokens into Python objects:
 
 - the batch's `input_ids` (and labels / assistant mask) are one flat numpy view with row offsets;
-- each row is analysed with the same core functions as `split_example` (spans, loss mask, plan), on
-  zero-copy views, so the windows, errors and skip accounting are the same;
-- the windows of the whole batch are gathered at once: one index array over the flat tokens builds
-  `input_ids`, `labels`, `attention_mask` and the type-id column; images are taken by item offsets.
+- each row is analysed by the splitter's own `analyse` stage (spans, items, loss mask, prefix, plan) on
+  zero-copy views, so the windows, errors and skips are those of `split_example` by construction;
+- the windows of the whole batch are gathered at once: one concatenation over the flat tokens builds
+  `input_ids`, `labels`, `attention_mask` and the type-id column; images are taken by item offsets;
+  a skipped row leaves its ledger row as `split_example`'s caller does.
 
 Anything else (conversational rows, pixel tensors, Python lists) returns None and takes the row path.
 """
@@ -16,15 +17,12 @@ Anything else (conversational rows, pixel tensors, Python lists) returns None an
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import numpy as np
 
-from .errors import ChunkerError, EmptyConversationError
-from .labels import IGNORE, find_marker, labels_from_mask, turn_boundaries
-from .media import TENSOR_STREAMS, check_counts
-from .plan import plan_windows
-from .spans import IMAGE, VIDEO, Spans, find_image_spans
+from .errors import ChunkerError, RowFormatError
+from .labels import IGNORE
+from .media import TENSOR_STREAMS
 
 MASK_COLUMNS = ("assistant_masks", "assistant_mask")
 ITEM_COLUMNS = ("images", "videos")
@@ -60,7 +58,7 @@ def split_arrow_batch(splitter, batch, indices=None):
         >>> s = WindowSplitter(spec=spec, max_length=4, prefix="none")
         >>> t = pa.table({"input_ids": [[1, 5, 7, 6, 2, 3]], "labels": [[-100, -100, -100, -100, 2, 3]],
         ...               "images": [["cat.png"]]})
-        >>> out = split_arrow_batch(s, t)
+        >>> out = split_arrow_batch(s, t, indices=[0])
         >>> out.column("input_ids").to_pylist()  # the 2nd window repeats the image as context before label 2
         [[1, 5, 7, 6], [5, 7, 6, 2], [2, 3]]
         >>> out.column("images").to_pylist(), out.column("labels").to_pylist()[1]
@@ -71,22 +69,14 @@ def split_arrow_batch(splitter, batch, indices=None):
     table = _as_table(batch)
     if table is None or splitter.drop_unsupervised or not _eligible(table):
         return None
-    n = table.num_rows
-    if indices is None:
-        indices = range(splitter._seen, splitter._seen + n)
-    splitter._seen += n
-    indices = np.asarray(list(indices) if isinstance(indices, range) else indices, dtype=np.int64).reshape(-1)
-    pieces, skipped, examples = [], Counter(), []
+    indices = splitter.row_indices({}, indices, table.num_rows) if indices is not None else _table_indices(
+        splitter, table)
+    pieces = []
     for a, b in _chunks(table):
         cols = _flat_columns(table.slice(a, b - a))
-        facts = _batch_facts(splitter, cols)
-        plans, chunk_skipped, chunk_examples = _plan_rows(splitter, cols, facts, indices[a:b])
+        plans = _plan_rows(splitter, cols, indices[a:b])
         pieces.append(_assemble(splitter, table, cols, plans, indices[a:b]))
-        skipped.update(chunk_skipped)
-        examples += chunk_examples
-    out = pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
-    splitter._record(n, out.num_rows, skipped, examples)
-    return out
+    return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
 
 
 def as_columns(batch):
@@ -197,142 +187,13 @@ def _flat_columns(table):
     return cols
 
 
-# ---------------------------------------------------------------------- whole-batch facts
+# ---------------------------------------------------------------------- per-row analysis (the splitter's own stage)
 
 
-def _positions(flat, ids) -> np.ndarray:
-    """Sorted positions in `flat` of any of `ids` (one comparison pass per id)."""
-    if not ids:
-        return np.zeros(0, dtype=np.int64)
-    hit = flat == ids[0]
-    for i in ids[1:]:
-        hit |= flat == i
-    return np.flatnonzero(hit)
-
-
-def _marker_positions(flat, offsets, row_of, marker) -> np.ndarray:
-    """Start positions of `marker` (a token sequence) lying wholly inside one row."""
-    found = find_marker(flat, marker)
-    return found[found + len(marker) <= offsets[row_of(found) + 1]]
-
-
-def _batch_facts(splitter, cols):
-    """What can be found for every row at once: spans, turn boundaries, and the rows the exact path must take.
-
-    A row is marked `exact` when anything about it is irregular (an unbalanced bracket, a stray media token,
-    labels that disagree with the ids, a column of another length): those rows go through the same calls as
-    `split_example`, which raise the same error or give the same windows.
-    """
-    spec = splitter.spec
-    flat, offsets = cols["input_ids"]
-    n_rows = len(offsets) - 1
-    row_of = lambda pos: np.searchsorted(offsets, pos, side="right") - 1
-    exact = np.zeros(n_rows, dtype=bool)
-    exact |= offsets[1:] == offsets[:-1]
-    vocab = splitter.vocab_size
-    if vocab is None and flat.dtype.itemsize > 4:
-        vocab = 2**31  # wider ids go through the exact path, which keeps them int64
-    if len(flat) and (flat.min() < 0 or (vocab is not None and flat.max() >= vocab)):
-        exact[:] = True
-    spans = _find_spans(flat, offsets, row_of, spec, exact)
-    for name in ("labels", *MASK_COLUMNS):
-        if name in cols and not np.array_equal(cols[name][1], offsets):
-            exact[:] = True
-    if "labels" in cols and not exact.all():
-        labels = cols["labels"][0]
-        wrong = np.flatnonzero((labels != flat) & (labels != IGNORE))
-        exact[np.unique(row_of(wrong))] = True
-    found = [_marker_positions(flat, offsets, row_of, m) for m in (spec.instruction_ids, spec.response_ids)]
-    bounds = np.unique(np.concatenate(found))
-    instr = found[0]
-    return {
-        "exact": exact, "spans": spans, "row_of": row_of,
-        "bounds": (bounds, np.searchsorted(bounds, offsets)),
-        "instr": (instr, np.searchsorted(instr, offsets)),
-    }
-
-
-def _find_spans(flat, offsets, row_of, spec, exact):
-    """Spans of every row in flat coordinates, or None where the grammar has no whole-batch finder here.
-
-    Marks rows whose spans are irregular in `exact` (the exact per-row finder then raises its error).
-    """
-    if spec.kind not in ("bracket", "run") or set(spec.open_ids) & set(spec.close_ids):
-        exact[:] = True
-        return None
-    image = _positions(flat, (spec.image_token_id,))
-    video = _positions(flat, (spec.video_token_id,)) if spec.video_token_id is not None else image[:0]
-    if spec.kind == "bracket":
-        starts, ends = _bracket_spans(flat, offsets, row_of, spec, exact)
-    else:
-        starts, ends = _run_spans(np.union1d(image, video), offsets, row_of, spec, exact)
-    counts = np.searchsorted(image, ends) - np.searchsorted(image, starts)
-    videos = np.searchsorted(video, ends) - np.searchsorted(video, starts)
-    kinds = (videos > 0).astype(np.int64)
-    others = tuple(i for i in spec.structural_ids if i not in (*spec.media_ids, *spec.open_ids, *spec.close_ids))
-    structural = np.concatenate([image, video, _positions(flat, others)])
-    k = np.searchsorted(starts, structural, side="right") - 1
-    stray = (k < 0) | (structural >= ends[np.maximum(k, 0)]) if len(starts) else np.ones(len(structural), bool)
-    exact[np.unique(row_of(structural[stray]))] = True
-    return starts, ends, kinds, counts + videos
-
-
-def _bracket_spans(flat, offsets, row_of, spec, exact):
-    opens, closes = _positions(flat, spec.open_ids), _positions(flat, spec.close_ids)
-    pos = np.concatenate([opens, closes])
-    step = np.concatenate([np.ones(len(opens), np.int64), -np.ones(len(closes), np.int64)])
-    order = np.argsort(pos, kind="stable")
-    pos, step = pos[order], step[order]
-    row = row_of(pos)
-    per_row = np.bincount(row, weights=step, minlength=len(exact)).astype(np.int64)
-    base = np.concatenate([[0], np.cumsum(per_row)])
-    depth = np.cumsum(step) - base[row]
-    exact[per_row != 0] = True
-    exact[np.unique(row[depth < 0])] = True
-    keep = ~exact[row]
-    pos, step, depth = pos[keep], step[keep], depth[keep]
-    starts = pos[(step == 1) & (depth - step == 0)]
-    ends = pos[(step == -1) & (depth == 0)] + 1
-    return starts, ends
-
-
-def _run_spans(ph, offsets, row_of, spec, exact):
-    first = np.ones(len(ph), dtype=bool)
-    first[1:] = ph[1:] != ph[:-1] + 1
-    first |= np.isin(ph, offsets[:-1])
-    starts = ph[first]
-    ends = np.append(ph[np.flatnonzero(first)[1:] - 1], ph[-1:]) + 1 if len(ph) else ph
-    per = spec.tokens_per_image
-    if per and len(starts):
-        lengths = ends - starts
-        bad = (lengths % per) != 0
-        exact[np.unique(row_of(starts[bad]))] = True
-        k = np.where(bad, 0, lengths // per)
-        total = int(k.sum())
-        ranks = np.arange(total) - np.repeat(np.cumsum(k) - k, k)
-        starts = np.repeat(starts, k) + per * ranks
-        ends = starts + per
-    return starts, ends
-
-
-# ---------------------------------------------------------------------- per-row analysis (same calls as split_example)
-
-
-def _plan_rows(splitter, cols, facts, indices):
-    """Per row: the windows (prefix_len, plan, labels) and the chosen media items, or the error counted as skipped."""
-    _, offsets = cols["input_ids"]
-    plans, skipped, examples = [], Counter(), []
-    for i in range(len(offsets) - 1):
-        row = int(indices[i])
-        try:
-            plan = _exact_row(splitter, cols, i, row) if facts["exact"][i] else _fast_row(splitter, cols, facts, i, row)
-            plans.append(plan)
-        except ChunkerError as exc:
-            if not splitter._skips(exc):
-                raise
-            skipped[type(exc).__name__] += 1
-            examples.append({"row": row, "reason": str(exc)})
-    return plans, skipped, examples
+def _table_indices(splitter, table):
+    names = [n for n in ("source_index", "id") if n in table.column_names]
+    batch = {n: table.column(n).to_numpy() for n in names}
+    return splitter.row_indices(batch, None, table.num_rows)
 
 
 def _row_values(cols, name, i):
@@ -342,122 +203,69 @@ def _row_values(cols, name, i):
     return flat[int(offsets[i]):int(offsets[i + 1])]
 
 
-def _exact_row(splitter, cols, i, row):
-    """The row through the very calls `split_example` makes (irregular rows: they raise its errors)."""
-    from .splitter import _as_ids
+def _plan_rows(splitter, cols, indices):
+    """Per row: its `RowPlan` (from zero-copy views, by `splitter.analyse`), or the error it was skipped for."""
+    from .splitter import Parsed, _as_ids
 
-    ids = _as_ids(_row_values(cols, "input_ids", i), splitter.vocab_size, row)
-    if len(ids) == 0:
-        raise EmptyConversationError("input_ids is empty: drop the row", row=row)
-    spans = find_image_spans(ids, splitter.spec, row=row)
+    _, offsets = cols["input_ids"]
     mask_col = next((c for c in MASK_COLUMNS if c in cols), None)
-    parsed = {"labels": _row_values(cols, "labels", i), "assistant_mask": _row_values(cols, mask_col, i)}
-
-    def loss():
-        mask = splitter._loss_mask(parsed, ids, spans, row)
-        return mask, labels_from_mask(ids, mask)
-
-    bounds = lambda: turn_boundaries(ids, splitter.spec.instruction_ids, splitter.spec.response_ids)
-    prefix = lambda: splitter._prefix_len(ids, spans)
-    return _finish_row(splitter, cols, i, row, ids, spans, loss, prefix, bounds)
-
-
-def _fast_row(splitter, cols, facts, i, row):
-    """The row from the whole-batch facts: zero-copy views, no pass over its tokens but the loss mask."""
-    flat, offsets = cols["input_ids"]
-    lo, hi = int(offsets[i]), int(offsets[i + 1])
-    ids = flat[lo:hi]
-    starts, ends, kinds, counts = facts["spans"]
-    a, b = np.searchsorted(starts, [lo, hi])
-    spans = Spans(starts[a:b] - lo, ends[a:b] - lo, kinds[a:b], counts[a:b])
-
-    def loss():
-        if "labels" in cols:
+    plans = []
+    for i in range(len(offsets) - 1):
+        row = int(indices[i])
+        try:
+            ids = _as_ids(_row_values(cols, "input_ids", i), splitter.vocab_size, row)
             labels = _row_values(cols, "labels", i)
-            mask = labels != IGNORE
-            full = labels
-        elif any(c in cols for c in MASK_COLUMNS):
-            mask = _row_values(cols, next(c for c in MASK_COLUMNS if c in cols), i).astype(bool)
-            full = None
-        else:
-            mask = splitter._loss_mask({"labels": None, "assistant_mask": None}, ids, spans, row)
-            return mask, labels_from_mask(ids, mask)
-        media = [(s, e) for s, e in zip(spans.starts.tolist(), spans.ends.tolist()) if mask[s:e].any()]
-        if media:
-            mask = mask.copy()
-            for s, e in media:
-                mask[s:e] = False
-            full = None
-        return mask, (full if full is not None else labels_from_mask(ids, mask))
-
-    def bounds():
-        pos, at = facts["bounds"]
-        return pos[at[i]:at[i + 1]] - lo
-
-    def prefix():
-        spec = splitter.spec
-        if (spec.prefix_media and len(spans)) or splitter.prefix != "system" or not spec.instruction_ids:
-            return splitter._prefix_len(ids, spans)
-        pos, at = facts["instr"]
-        first = int(pos[at[i]]) - lo if at[i + 1] > at[i] else -1
-        bos = spec.bos_id is not None and ids[0] == spec.bos_id
-        n = 1 if bos else 0
-        if first > n and not (len(spans) and spans.starts.min() < first):
-            n = first
-        return n if n < splitter.max_length // 2 else (1 if n and bos else 0)
-
-    return _finish_row(splitter, cols, i, row, ids, spans, loss, prefix, bounds)
-
-
-def _finish_row(splitter, cols, i, row, ids, spans, loss, prefix, bounds):
-    """Media checks, loss mask, prefix and plan of one row, in the order `split_example` does them."""
-    from .splitter import check_media_counts
-
-    spec = splitter.spec
-    n_items = {name: int(cols[name][1][i + 1] - cols[name][1][i]) for name in ITEM_COLUMNS if name in cols}
-    check_media_counts(spans, n_items.get("images"), n_items.get("videos"), False, row)
-    check_counts(spec, {}, spans, row=row)
-    mask, full_labels = loss()
-    prefix_len = prefix()
-    wins = plan_windows(
-        len(ids), spans, max_length=splitter.max_length, overlap=splitter.overlap, prefix_len=prefix_len,
-        boundaries=bounds(), loss_mask=mask, min_fill=splitter.min_fill, row=row,
-    )
-    geometry = np.array([(w.context_start, w.start, w.end) for w in wins], dtype=np.int64).reshape(-1, 3)
-    items = {}
-    if n_items:
-        in_prefix = spans.ends <= prefix_len
-        chosen = (spans.starts[None, :] >= geometry[:, :1]) & (spans.ends[None, :] <= geometry[:, 2:])
-        chosen[1:] |= in_prefix[None, :]
-        for name, kind in (("images", IMAGE), ("videos", VIDEO)):
-            if name in n_items:
-                rank = np.flatnonzero(spans.kinds == kind)
-                items[name] = [np.flatnonzero(c[rank]) for c in chosen]
-    return {"i": i, "ids": ids, "labels": full_labels, "prefix": prefix_len, "geometry": geometry, "items": items}
+            mask = _row_values(cols, mask_col, i)
+            if mask is not None and len(mask) != len(ids):
+                raise RowFormatError(
+                    f"the assistant mask has {len(mask)} entries but input_ids has {len(ids)}: give one per token",
+                    row=row,
+                )
+            n_items = {name: int(cols[name][1][i + 1] - cols[name][1][i]) for name in ITEM_COLUMNS if name in cols}
+            parsed = Parsed(ids, labels, None if mask is None else mask.astype(bool),
+                            images=[None] * n_items["images"] if "images" in n_items else None,
+                            videos=[None] * n_items["videos"] if "videos" in n_items else None)
+            plans.append((i, splitter.analyse(parsed, row)))
+        except ChunkerError as exc:
+            if not splitter.skips(exc):
+                raise
+            plans.append((i, exc))
+    return plans
 
 
 # ---------------------------------------------------------------------- whole-batch assembly
 
 
 def _assemble(splitter, table, cols, plans, indices):
-    """Build every window of the batch at once: one concatenation of row views per output column."""
+    """Build every window of the batch at once: one concatenation of row views per output column.
+
+    A skipped row (its plan is the error) becomes its ledger row: no tokens, window_index -1, num_windows 0.
+    """
     import pyarrow as pa
 
-    ids_parts, label_parts, lengths, src, k, nwin = [], [], [], [], [], []
+    ids_parts, label_parts, lengths, src, k, nwin, reasons = [], [], [], [], [], [], []
     ignore = np.full(splitter.max_length + 1, IGNORE, dtype=np.int64)
-    for p in plans:
-        ids, labels, pre = p["ids"], p["labels"], p["prefix"]
-        w = len(p["geometry"])
-        for j, (context, start, end) in enumerate(p["geometry"].tolist()):
-            head = pre if j else 0
-            ids_parts += [ids[:head], ids[context:end]]
-            label_parts += [ignore[:head + start - context], labels[start:end]]
+    for i, p in plans:
+        if isinstance(p, ChunkerError):
+            lengths.append(0)
+            src.append(np.full(1, indices[i], dtype=np.int64))
+            k.append(np.full(1, -1, dtype=np.int64))
+            nwin.append(np.zeros(1, dtype=np.int64))
+            reasons.append(f"{type(p).__name__}: {p}")
+            continue
+        w = len(p.geometry)
+        for j, (context, start, end) in enumerate(p.geometry.tolist()):
+            head = p.prefix_len if j else 0
+            ids_parts += [p.ids[:head], p.ids[context:end]]
+            label_parts += [ignore[:head + start - context], p.labels[start:end]]
             lengths.append(head + end - context)
-        src.append(np.full(w, indices[p["i"]], dtype=np.int64))
+        src.append(np.full(w, indices[i], dtype=np.int64))
         k.append(np.arange(w, dtype=np.int64))
         nwin.append(np.full(w, w, dtype=np.int64))
+        reasons += [None] * w
     cat = lambda parts, dtype=np.int64: np.concatenate(parts, dtype=dtype) if parts else np.zeros(0, dtype)
-    wide = any(p["ids"].dtype.itemsize > 4 and len(p["ids"]) and p["ids"].max() >= 2**31 for p in plans)
+    wide = any(not isinstance(p, ChunkerError) and p.ids.dtype.itemsize > 4 and len(p.ids) and p.ids.max() >= 2**31
+               for _, p in plans)
     win_ids = cat(ids_parts, np.int64 if wide else NARROW_TYPES["input_ids"])
     labels = cat(label_parts)
     offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
@@ -484,6 +292,7 @@ def _assemble(splitter, table, cols, plans, indices):
     columns["source_index"] = pa.array(cat(src))
     columns["window_index"] = pa.array(cat(k))
     columns["num_windows"] = pa.array(cat(nwin))
+    columns["skip_reason"] = pa.array(reasons, type=pa.string())
     out = pa.table(columns)
     return out.replace_schema_metadata(_item_metadata(table.schema, columns))
 
@@ -506,15 +315,21 @@ def _take_items(col, plans, name):
     import pyarrow as pa
 
     values, item_offsets = col
-    picks, counts = [], []
-    for p in plans:
-        base = int(item_offsets[p["i"]])
-        for chosen in p["items"][name]:
+    picks, counts, ledger = [], [], []
+    for i, p in plans:
+        if isinstance(p, ChunkerError):
+            counts.append(0)
+            ledger.append(True)
+            continue
+        base = int(item_offsets[i])
+        for chosen in (p.image_items if name == "images" else p.video_items):
             picks.append(chosen + base)
             counts.append(len(chosen))
+            ledger.append(False)
     take = np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), values.take(pa.array(take)))
+    # a ledger row's media are null, as the row path writes them
+    return pa.ListArray.from_arrays(pa.array(offsets), values.take(pa.array(take)), mask=pa.array(ledger, pa.bool_()))
 
 
 def _item_metadata(schema, columns):

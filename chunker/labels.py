@@ -105,6 +105,18 @@ def mask_from_labels(ids, labels, spans: Spans, *, row=None) -> np.ndarray:
     return mask & ~media_mask(len(ids), spans)
 
 
+def mask_edges(mask) -> np.ndarray:
+    """Positions where supervision starts or stops (an answer's first token, the token after its last):
+    preferred cut points, learned from the loss mask instead of from turn markers.
+
+    Example:
+        >>> mask_edges(np.array([False, True, True, False, False, True])).tolist()
+        [1, 3, 5]
+    """
+    m = np.asarray(mask, dtype=bool)
+    return np.flatnonzero(m[1:] != m[:-1]).astype(np.int64) + 1
+
+
 def turn_boundaries(ids, instruction_ids=(), response_ids=()) -> np.ndarray:
     """Sorted positions where a user or assistant turn starts: preferred cut points."""
     ids = np.asarray(ids, dtype=np.int64)

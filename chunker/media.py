@@ -131,19 +131,13 @@ def take_items(tensors: dict, plan: dict, image_items: np.ndarray, video_items: 
     return out
 
 
-def expected_counts(spec, tensors: dict, stream: int):
-    """Placeholder tokens each item of `stream` needs according to its metadata, or None when not derivable."""
-    if spec.extra.get("token_rule") == "grid":
-        key = "video_grid_thw" if stream == VIDEO else "image_grid_thw"
-        if key in tensors:
-            merge = int(spec.extra.get("merge_size", 2))
-            grid = np.asarray(tensors[key]).reshape(-1, 3).prod(-1)
-            return (grid // (merge * merge)).astype(np.int64)
-    return None
+def check_counts(spec, tensors: dict, spans: Spans, *, row=None, expected=None) -> None:
+    """Raise `ImageTokenCountError` when a span holds another number of tokens than its item needs.
 
-
-def check_counts(spec, tensors: dict, spans: Spans, *, row=None) -> None:
-    """Raise `ImageTokenCountError` when a span holds another number of tokens than its item needs."""
+    Args:
+        expected: per stream (IMAGE, VIDEO), the tokens each item needs from its metadata (the family
+            adapter's `expected_item_tokens`), or None where not derivable.
+    """
     per = spec.tokens_per_image
     if per:
         image_counts = spans.counts[spans.kinds == IMAGE]
@@ -157,7 +151,7 @@ def check_counts(spec, tensors: dict, spans: Spans, *, row=None) -> None:
                 row=row,
             )
     for stream in (IMAGE, VIDEO):
-        want = expected_counts(spec, tensors, stream)
+        want = (expected or {}).get(stream)
         if want is None:
             continue
         have = spans.counts[spans.kinds == stream]

@@ -26,14 +26,16 @@ def load_rows(data: str, *, split: str = "train"):
             (or a `DatasetDict` folder, whose `split` is used), or a hub dataset name when online.
             Rows are TRL format (`messages` with `{"type": "image"}` items plus an `images` column of
             paths relative to the file's folder, bytes, or images) or Unsloth format (images inline).
+            Blank lines of a JSONL file are skipped, as JSON Lines readers do.
         split: the split of a `DatasetDict` folder or of a hub dataset.
 
     Returns:
         `datasets.Dataset` with a `_base_dir` column (the data's folder) so the splitter finds relative paths.
 
     Raises:
-        SourceError: the path does not exist, has an unknown type, cannot be parsed, or names a hub dataset
-            that cannot be reached (offline); the message says what to give instead.
+        SourceError: the path does not exist, has an unknown type, cannot be parsed (a JSONL file names its
+            first bad line), holds no rows, or names a hub dataset that cannot be reached (offline); the
+            message says what to give instead.
 
     Example:
         >>> ds = load_rows("conversations.jsonl")                            # doctest: +SKIP
@@ -50,7 +52,8 @@ def load_rows(data: str, *, split: str = "train"):
             f"DATA {data!r} does not exist: give a .jsonl/.parquet file, a save_to_disk folder, or a hub dataset name"
         )
     else:
-        return _load_hub(data, split)
+        return _nonempty(_load_hub(data, split), data)
+    ds = _nonempty(ds, data)
     if BASE_DIR_COLUMN not in ds.column_names:
         ds = ds.add_column(BASE_DIR_COLUMN, [str(base.resolve())] * len(ds))
     return ds
@@ -88,6 +91,11 @@ def load_processor(name: str):
         path = Path(name).expanduser()
     if path.is_dir():
         return _processor_from_folder(path)
+    if path.is_file():
+        raise SourceError(
+            f"processor {name!r} is a file, not a folder: give the folder processor.save_pretrained(DIR) wrote "
+            f"(e.g. {str(path.parent)!r}), a hub model id, or 'demo'"
+        )
     if _looks_local(name):
         raise SourceError(
             f"processor {name!r} does not exist: give a processor folder, a hub model id, or 'demo'"
@@ -165,10 +173,63 @@ def _load_file(path: Path):
         with quiet_progress():
             return datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets wraps parse errors in several types; all mean "unreadable file"
+        _explain_failed_load(path, builder)
         raise SourceError(
-            f"cannot read {str(path)!r} as {path.suffix[1:]} ({_first_line(exc)}): one JSON object per line with a "
-            "'messages' list (TRL or Unsloth format), or a Parquet file with those columns"
+            f"cannot read {str(path)!r} as {path.suffix[1:]} ({_first_line(exc.__cause__ or exc)}): one JSON object "
+            "per line with a 'messages' list (TRL or Unsloth format), or a Parquet file with those columns"
         ) from exc
+
+
+def _explain_failed_load(path: Path, builder: str) -> None:
+    """Raise the SourceError that says why datasets could not read `path`, where we can tell: no rows, or the first
+    line of a JSONL file that is not JSON.
+
+    Runs only after a failed load, so a good file is parsed once (by Arrow); a `.json` file may be one JSON
+    document over many lines, so only `.jsonl` files are judged line by line.
+    """
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            meta = pq.read_metadata(path)
+        except (OSError, ValueError):  # not a Parquet file at all: the caller's message says so
+            return
+        if meta.num_rows == 0:
+            raise _no_rows(path, f"the Parquet file has columns {meta.schema.to_arrow_schema().names} but no rows")
+        return
+    import itertools
+    import json
+
+    with path.open(encoding="utf-8", errors="replace") as f:
+        lines = ((number, line.rstrip("\r\n")) for number, line in enumerate(f, 1) if line.strip())
+        first = next(lines, None)
+        if first is None:
+            raise _no_rows(path, "the file is empty or only blank lines")
+        if path.suffix.lower() != ".jsonl":
+            return
+        for number, line in itertools.chain([first], lines):
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SourceError(
+                    f"{str(path)!r} line {number} is not valid JSON ({exc.msg}: column {exc.colno}; the line "
+                    f"starts {line.strip()[:60]!r}): fix or delete that line; JSONL holds one JSON object per line "
+                    "(blank lines are skipped)"
+                ) from None
+
+
+def _no_rows(data, seen: str) -> SourceError:
+    return SourceError(
+        f"{str(data)!r} holds no rows: {seen}; give data with at least one conversation (one JSON object per line, "
+        "each with a 'messages' list, TRL or Unsloth format)"
+    )
+
+
+def _nonempty(ds, data: str):
+    """`ds`, or a SourceError when it has no rows (a dataset folder or hub dataset without rows)."""
+    if not len(ds):
+        raise _no_rows(data, f"the dataset has columns {ds.column_names} but no rows")
+    return ds
 
 
 def _load_folder(path: Path, split: str):
@@ -178,17 +239,30 @@ def _load_folder(path: Path, split: str):
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in FILE_BUILDERS)
         raise SourceError(
             f"DATA folder {str(path)!r} was not written by Dataset.save_to_disk"
-            + (f"; give one of its files instead, e.g. {str(files[0])!r}" if files else "")
+            + (f"; give one of its files instead, e.g. {str(files[0])!r}" if files else
+               " and holds no .jsonl/.json/.parquet file: give a data file, or a folder written by save_to_disk")
         )
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as exc:  # corrupt Arrow files surface as many types
+        if _saved_without_rows(path):
+            raise _no_rows(path, "Dataset.save_to_disk wrote it from a dataset without rows") from exc
         raise SourceError(f"cannot load the dataset folder {str(path)!r}: {_first_line(exc)}") from exc
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise SourceError(f"the dataset folder {str(path)!r} has splits {sorted(ds)}, not {split!r}: pick one")
         ds = ds[split]
     return ds
+
+
+def _saved_without_rows(path: Path) -> bool:
+    """A save_to_disk folder of a dataset with no rows (datasets writes no Arrow file for it, then cannot load it)."""
+    import json
+
+    try:
+        return json.loads((path / "state.json").read_text())["_data_files"] == []
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _load_hub(name: str, split: str):
@@ -224,16 +298,20 @@ def _first_line(exc: BaseException) -> str:
 
 
 class quiet_progress:
-    """Silence datasets' progress bars while loading a source (the CLI draws its own)."""
+    """Silence datasets' progress bars and error logs while loading a source (the CLI draws its own bars, and
+    a failed load ends in our one-line `SourceError`, not in datasets' log line before it)."""
 
     def __enter__(self):
         import datasets
 
         self._was = datasets.utils.logging.is_progress_bar_enabled()
+        self._verbosity = datasets.utils.logging.get_verbosity()
         datasets.utils.logging.disable_progress_bar()
+        datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
 
     def __exit__(self, *exc):
         import datasets
 
+        datasets.utils.logging.set_verbosity(self._verbosity)
         if self._was:
             datasets.utils.logging.enable_progress_bar()

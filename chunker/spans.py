@@ -132,10 +132,20 @@ def split_runs(spans: Spans, item_counts, *, row=None) -> Spans:
 
 def media_mask(n: int, spans: Spans) -> np.ndarray:
     """True on every position of `n` that lies inside a media span (spans never overlap)."""
-    delta = np.zeros(n + 1, dtype=np.int64)
-    delta[spans.starts] += 1
-    delta[spans.ends] -= 1
-    return np.cumsum(delta)[:-1] > 0
+    mask = np.zeros(n, dtype=bool)
+    for s, e in zip(spans.starts.tolist(), spans.ends.tolist()):  # a row holds few spans: slices beat a cumsum pass
+        mask[s:e] = True
+    return mask
+
+
+def _positions(ids, values) -> np.ndarray:
+    """Sorted positions of any of `values` in `ids` (one comparison pass per value; the rest works on these)."""
+    if not len(values):
+        return np.zeros(0, dtype=np.int64)
+    hit = ids == values[0]
+    for v in values[1:]:
+        hit |= ids == v
+    return np.flatnonzero(hit)
 
 
 def _isin(ids, values) -> np.ndarray:
@@ -148,10 +158,15 @@ def _isin(ids, values) -> np.ndarray:
 
 
 def _bracket(ids, spec, row):
-    step = _isin(ids, spec.open_ids).astype(np.int64) - _isin(ids, spec.close_ids)
+    # brackets are rare among tokens: find them once, then walk the depth over the brackets alone
+    opens, closes = _positions(ids, spec.open_ids), _positions(ids, spec.close_ids)
+    pos = np.concatenate([opens, closes])
+    step = np.concatenate([np.ones(len(opens), np.int64), -np.ones(len(closes), np.int64)])
+    order = np.argsort(pos, kind="stable")
+    pos, step = pos[order], step[order]
     depth = np.cumsum(step)
     if len(depth) and depth.min() < 0:
-        at = int(np.argmax(depth < 0))
+        at = int(pos[np.argmax(depth < 0)])
         raise SpanError(
             f"closing media token {int(ids[at])} at position {at} has no opening token "
             f"(expected one of {list(spec.open_ids)} before it): the row was cut or built by hand; "
@@ -159,22 +174,24 @@ def _bracket(ids, spec, row):
             row=row,
         )
     if len(depth) and depth[-1] != 0:
-        opens = np.flatnonzero((step == 1) & (depth == 1))
+        outer = pos[(step == 1) & (depth == 1)]
         raise SpanError(
-            f"media span opened at position {int(opens[-1])} is never closed (expected one of "
+            f"media span opened at position {int(outer[-1])} is never closed (expected one of "
             f"{list(spec.close_ids)}): the row was truncated inside an image; tokenize without truncation",
             row=row,
         )
-    before = depth - step
-    starts = np.flatnonzero((step == 1) & (before == 0))
-    ends = np.flatnonzero((step == -1) & (depth == 0)) + 1
+    starts = pos[(step == 1) & (depth == 1)]
+    ends = pos[(step == -1) & (depth == 0)] + 1
     return starts, ends
 
 
 def _run(ids, spec, row):
-    ph = _isin(ids, spec.media_ids)
-    edge = np.diff(np.concatenate([[False], ph, [False]]).astype(np.int8))
-    starts, ends = np.flatnonzero(edge == 1), np.flatnonzero(edge == -1)
+    ph = _positions(ids, spec.media_ids)
+    first = np.ones(len(ph), dtype=bool)
+    first[1:] = ph[1:] != ph[:-1] + 1
+    last = np.ones(len(ph), dtype=bool)
+    last[:-1] = first[1:]
+    starts, ends = ph[first], ph[last] + 1
     per = spec.tokens_per_image
     if per and len(starts):
         lengths = ends - starts
@@ -259,20 +276,22 @@ _FINDERS = {"bracket": _bracket, "run": _run, "terminated_run": _terminated_run,
 def _with_counts(ids, spec, starts, ends) -> Spans:
     starts = np.asarray(starts, dtype=np.int64)
     ends = np.asarray(ends, dtype=np.int64)
-    image_cum = np.concatenate([[0], np.cumsum(ids == spec.image_token_id)])
-    counts = image_cum[ends] - image_cum[starts]
+    image = _positions(ids, (spec.image_token_id,))
+    counts = np.searchsorted(image, ends) - np.searchsorted(image, starts)
     kinds = np.zeros(len(starts), dtype=np.int64)
     if spec.video_token_id is not None:
-        video_cum = np.concatenate([[0], np.cumsum(ids == spec.video_token_id)])
-        videos = video_cum[ends] - video_cum[starts]
+        video = _positions(ids, (spec.video_token_id,))
+        videos = np.searchsorted(video, ends) - np.searchsorted(video, starts)
         kinds = (videos > 0).astype(np.int64)
         counts = counts + videos
     return Spans(starts, ends, kinds, counts)
 
 
 def _check_no_stray(ids, spec, spans, row):
-    structural = _isin(ids, spec.structural_ids)
-    stray = np.flatnonzero(structural & ~media_mask(len(ids), spans))
+    structural = _positions(ids, spec.structural_ids)
+    k = np.searchsorted(spans.starts, structural, side="right") - 1
+    inside = (k >= 0) & (structural < spans.ends[np.maximum(k, 0)]) if len(spans) else np.zeros(len(structural), bool)
+    stray = structural[~inside]
     if len(stray):
         at = int(stray[0])
         raise SpanError(

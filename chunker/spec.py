@@ -72,6 +72,8 @@ class ImageSpanSpec:
             raise ConfigError(f"ImageSpanSpec.kind={self.kind!r} is not one of {KINDS}")
         if self.kind == "bracket" and not (self.open_ids and self.close_ids):
             raise ConfigError("a 'bracket' spec needs open_ids and close_ids (e.g. <start_of_image>, <end_of_image>)")
+        if self.kind == "bracket" and set(self.open_ids) & set(self.close_ids):
+            raise ConfigError("a 'bracket' spec needs different open and close ids (one token cannot do both)")
         if self.kind == "terminated_run" and self.end_id is None:
             raise ConfigError("a 'terminated_run' spec needs end_id (e.g. the [IMG_END] id)")
         if self.kind == "tiles" and (not self.open_ids or self.global_id is None):

@@ -1,13 +1,20 @@
-"""WindowSplitter: one row in, one or more window rows out, for `Dataset.map(batched=True)` and friends."""
+"""WindowSplitter: one row in, one or more window rows out, for `Dataset.map(batched=True)` and friends.
+
+A row goes through three public stages, each usable on its own:
+
+    parse(example, row)   -> Parsed     ids, label source, media (conversations: tokenized by the processor,
+                                        answers located by rendering the model's chat template)
+    analyse(parsed, row)  -> RowPlan    spans -> items -> loss mask -> prefix -> windows   (numpy core)
+    assemble(plan, row)   -> [window rows]
+
+The splitter holds configuration only: the same settings give the same `datasets` fingerprint, and what a
+map did travels as data. A row skipped under `on_error="skip"` leaves one ledger row (`num_windows == 0`,
+its `skip_reason`); `SplitStats.from_windows` counts rows, windows and skips from a map's output, and
+`drop_skipped` removes the ledger rows before training (the collator drops them too, counted).
+"""
 
 from __future__ import annotations
 
-import glob
-import json
-import os
-import shutil
-import tempfile
-import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -19,22 +26,33 @@ from .errors import (
     EmptyConversationError,
     ImageCountError,
     InvalidTokenError,
+    NoSupervisionError,
     OversizeSpanError,
+    PrefixError,
     RowFormatError,
 )
-from .labels import IGNORE, labels_from_mask, loss_mask, mask_from_labels, turn_boundaries, window_labels
-from .media import TENSOR_STREAMS, check_counts, load_image, slice_plan, take_items
+from .labels import IGNORE, find_marker, labels_from_mask, loss_mask, mask_edges, mask_from_labels, window_labels
+from .media import TENSOR_STREAMS, check_counts, slice_plan, take_items
 from .plan import check_config, plan_windows
-from .spans import IMAGE, VIDEO, find_image_spans, group_spans, split_runs
+from .spans import IMAGE, VIDEO, Spans, find_image_spans, media_mask
 
 PREFIXES = ("bos", "system", "none")
 POLICIES = ("raise", "skip")
 MASK_COLUMNS = ("assistant_masks", "assistant_mask")
+INDEX_COLUMNS = ("source_index", "id")
 
 
 @dataclass
 class SplitStats:
-    """What a splitter did: rows in, windows out, rows skipped by reason (summed over every process)."""
+    """What a map with a splitter did, counted from its output: rows in, windows out, rows skipped by reason.
+
+    Attributes:
+        rows: input rows (rows with windows plus skipped rows).
+        windows: window rows (ledger rows not included).
+        unsupervised_windows: windows left out by `drop_unsupervised=True`.
+        skipped: rows skipped under on_error/on_oversize="skip", by error class.
+        examples: the first skipped rows, each {"row": source_index, "reason": message}.
+    """
 
     rows: int = 0
     windows: int = 0
@@ -50,49 +68,149 @@ class SplitStats:
         return {"rows": self.rows, "windows": self.windows, "unsupervised_windows": self.unsupervised_windows,
                 "skipped": dict(self.skipped), "examples": self.examples}
 
+    @classmethod
+    def from_windows(cls, windows, *, max_examples: int = 20) -> SplitStats:
+        """Count what a split produced, from its output alone (right with num_proc, on cache hits, on Ray).
+
+        Args:
+            windows: the map's output: a `datasets.Dataset`, a dict of columns, or a list of window rows.
+
+        Returns:
+            SplitStats.
+
+        Example:
+            >>> SplitStats.from_windows({"source_index": [0, 0, 1], "num_windows": [2, 2, 0],
+            ...                          "skip_reason": [None, None, "NoSupervisionError: no answer"],
+            ...                          "dropped_windows": [1, 1, 0]}).as_dict()["skipped"]
+            {'NoSupervisionError': 1}
+        """
+        cols = _columns(windows, ("source_index", "num_windows", "skip_reason", "dropped_windows", "window_index"))
+        n_win = np.asarray(cols["num_windows"], dtype=np.int64)
+        ledger = n_win == 0
+        src = np.asarray(cols["source_index"], dtype=np.int64)
+        stats = cls(rows=len(np.unique(src)) if len(src) else 0, windows=int((~ledger).sum()))
+        if cols.get("dropped_windows") is not None and cols.get("window_index") is not None:
+            first = np.asarray(cols["window_index"]) == 0
+            stats.unsupervised_windows = int(np.asarray(cols["dropped_windows"])[first & ~ledger].sum())
+        reasons = [r for r, skip in zip(cols.get("skip_reason") or [], ledger.tolist()) if skip]
+        for s, reason in zip(src[ledger].tolist(), reasons):
+            kind = (reason or "").split(":", 1)[0]
+            stats.skipped[kind] += 1
+            if len(stats.examples) < max_examples:
+                stats.examples.append({"row": int(s), "reason": (reason or "").split(": ", 1)[-1]})
+        return stats
+
+
+def drop_skipped(windows):
+    """The window rows of a split without its ledger rows (rows skipped under on_error="skip").
+
+    Example:
+        >>> ds = datasets.Dataset.from_dict({"input_ids": [[1], []], "num_windows": [1, 0]})   # doctest: +SKIP
+        >>> len(drop_skipped(ds))                                                               # doctest: +SKIP
+        1
+    """
+    if isinstance(windows, dict):
+        keep = [i for i, n in enumerate(windows["num_windows"]) if n]
+        return {k: [v[i] for i in keep] for k, v in windows.items()}
+    if isinstance(windows, list):
+        return [w for w in windows if w.get("num_windows")]
+    return windows.filter(lambda n: np.asarray(n) > 0, input_columns="num_windows", batched=True)
+
+
+@dataclass
+class Parsed:
+    """One row read and tokenized: what `analyse` needs.
+
+    Attributes:
+        ids: int64 token ids of the whole conversation.
+        labels: the row's own labels (unshifted, -100 where no loss) or None.
+        mask: a supervision mask from an assistant-mask column or from the chat template, or None.
+        tensors: media tensors (numpy) of the row.
+        images, videos: the row's media items (None: the row has no such column).
+        system_end: token position where the system turn ends (conversations), or None.
+        from_messages: the row was a conversation.
+    """
+
+    ids: np.ndarray
+    labels: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    tensors: dict = field(default_factory=dict)
+    images: list | None = None
+    videos: list | None = None
+    system_end: int | None = None
+    from_messages: bool = False
+
+
+@dataclass
+class RowPlan:
+    """One row analysed: its windows and what each carries.
+
+    Attributes:
+        ids, labels: the whole conversation's ids and labels (loss mask applied).
+        prefix_len: tokens repeated before every window after the first.
+        geometry: (k, 3) int64 (context_start, start, end) per window.
+        image_items, video_items: per window, the indices of the media items it carries.
+        slices: per tensor key, how to take each item's rows (see `media.slice_plan`).
+        parsed: the parsed row (its media).
+    """
+
+    ids: np.ndarray
+    labels: np.ndarray
+    prefix_len: int
+    geometry: np.ndarray
+    image_items: list
+    video_items: list
+    slices: dict
+    parsed: Parsed
+
 
 class WindowSplitter:
     """Split long multimodal rows into windows of at most `max_length` tokens that never cut a media span.
 
-    Use it as a batched map function; it accepts conversational rows (TRL or Unsloth format) and
-    pre-tokenized rows (`input_ids` + `labels` or an assistant mask + `images` or pixel tensors).
+    Use it as a batched map function; it accepts conversational rows (TRL or Unsloth format, roles such as
+    human/gpt/model accepted) and pre-tokenized rows (`input_ids` + `labels` or an assistant mask + `images`
+    or pixel tensors).
 
     Args:
-        processor: the model's transformers processor (tokenizes conversations, gives the family grammar).
-            May be None for pre-tokenized rows when `spec` is given.
+        processor: the model's transformers processor (tokenizes conversations, renders its chat template,
+            gives the family grammar). May be None for pre-tokenized rows when `spec` is given.
         max_length: the most tokens a window may hold, prefix and context included.
         overlap: tokens of the previous window repeated as context (no loss) in the next.
         spec: an `ImageSpanSpec`; detected from `processor` when None.
-        train_on: "assistant" (default) or "all"; used when a row brings no labels of its own.
-        instruction_part, response_part: turn-marker strings overriding the family's (like Unsloth's).
+        train_on: "assistant" (default): conversations train on what the chat template renders for each
+            assistant message (located by rendering, see `chunker.template`); "all": every text token.
+            Rows with their own labels or assistant mask keep them.
+        instruction_part, response_part: turn-marker strings (Unsloth's words) that decide the loss mask
+            instead of the chat template: what follows a response marker up to the next instruction marker.
         prefix: repeated before every window after the first: "bos" (default), "system" (BOS and the
             system turn) or "none". Families whose images live in a prefix (PaliGemma) always repeat it.
         on_oversize: "raise" (default) an `OversizeSpanError`, or "skip" the row and count it.
-        on_error: "raise" (default) any row error, or "skip" the row and count it by reason.
+        on_error: "raise" (default) any row error, or "skip" the row: it leaves a ledger row (`num_windows`
+            0, `skip_reason`) that `SplitStats.from_windows` counts and `drop_skipped` removes.
         keep_pixels: for pre-tokenized rows with pixel tensors, slice and keep them in the window rows.
-        min_fill: fraction of a window's room it fills before a turn start may end it.
+        min_fill: fraction of a window's room it fills before a turn edge may end it.
         processor_kwargs: extra keywords for the processor call (e.g. {"do_pan_and_scan": True});
             give the collator the same ones so pixels match the token counts.
-        image_tokens_from: how conversational rows get their image token counts. "pixels" (default) calls
-            the processor on the decoded images; "sizes" reads only each image's size (its header) and
-            expands the placeholders as the processor would (its own `replace_image_token`), then
-            tokenizes with the tokenizer alone: the same input_ids and windows, without decoding or
-            resizing pixels. Window rows then carry each image as the row gave it (path, bytes, dict or
-            PIL image) instead of a decoded PIL image; a corrupt image body is not noticed.
+        image_tokens_from: "pixels" (default) calls the processor on the decoded images; "sizes" reads only
+            each image's size and expands the placeholders as the processor would (its own
+            `replace_image_token`): the same input_ids and windows, without decoding pixels. Window rows then
+            carry each image as the row gave it (path, bytes, dict or PIL image).
         drop_unsupervised: leave out windows that train no token (e.g. a window holding only a user
-            prompt and its images); they carry no loss, and a batch made only of them gives the model a
-            NaN loss. Counted in `splitter.stats.unsupervised_windows`.
+            prompt and its images); counted in each kept window's `dropped_windows` column.
+        template_kwargs: extra keywords for `apply_chat_template` (e.g. {"enable_thinking": False}).
 
     Raises:
         ConfigError: settings that can never make a window, unknown policies; image_tokens_from="sizes"
             for a family whose counts cannot be computed exactly from sizes (e.g. PaliGemma).
         UnsupportedProcessorError: no family matches the processor and no spec was passed.
+        GrammarError: the family grammar does not recover the processor's own output on a probe (checked
+            once per processor when the splitter is built: this is how a changed transformers is noticed).
 
     Example:
         >>> splitter = WindowSplitter(processor, max_length=2048, overlap=128)       # doctest: +SKIP
         >>> windows = ds.map(splitter, batched=True, with_indices=True,               # doctest: +SKIP
         ...                  remove_columns=ds.column_names)
-        >>> splitter.stats.skipped                                                    # doctest: +SKIP
+        >>> SplitStats.from_windows(windows).skipped                                  # doctest: +SKIP
         Counter()
     """
 
@@ -114,6 +232,7 @@ class WindowSplitter:
         processor_kwargs: dict | None = None,
         image_tokens_from: str = "pixels",
         drop_unsupervised: bool = False,
+        template_kwargs: dict | None = None,
     ):
         from .labels import TRAIN_ON
 
@@ -125,12 +244,25 @@ class WindowSplitter:
         for name, value in (("on_oversize", on_oversize), ("on_error", on_error)):
             if value not in POLICIES:
                 raise ConfigError(f"{name}={value!r} must be one of {POLICIES}")
+        if image_tokens_from not in ("pixels", "sizes"):
+            raise ConfigError(f"image_tokens_from={image_tokens_from!r} must be one of ('pixels', 'sizes')")
         if processor is None and spec is None:
             raise ConfigError("pass a processor, or a spec (ImageSpanSpec) for pre-tokenized rows")
-        if spec is None:
-            from .families import spec_from_processor
+        self.adapter = None
+        if processor is None:
+            from .families import adapter_for_spec
 
-            spec = spec_from_processor(processor)
+            self.adapter = adapter_for_spec(spec)
+        else:
+            from .families import adapter_for
+            from .families.probe import check_grammar
+
+            if spec is None:
+                self.adapter = adapter_for(processor)
+                check_grammar(self.adapter, processor_kwargs)
+                spec = self.adapter.spec
+            else:
+                self.adapter = _adapter_for_spec(processor, spec)
         if instruction_part is not None or response_part is not None:
             spec = spec.with_turns(_marker(processor, instruction_part), _marker(processor, response_part))
         self.processor = processor
@@ -144,37 +276,37 @@ class WindowSplitter:
         self.keep_pixels = keep_pixels
         self.min_fill = min_fill
         self.processor_kwargs = dict(processor_kwargs or {})
-        if image_tokens_from not in ("pixels", "sizes"):
-            raise ConfigError(f"image_tokens_from={image_tokens_from!r} must be one of ('pixels', 'sizes')")
         self.image_tokens_from = image_tokens_from
-        self._expander = None
-        if image_tokens_from == "sizes":
-            from .families import size_expander
-
-            self._expander = size_expander(processor, spec, self.processor_kwargs)
         self.drop_unsupervised = bool(drop_unsupervised)
+        self.template_kwargs = dict(template_kwargs or {})
         self.vocab_size = _vocab_size(processor)
-        self._stats_dir = None
-        self._seen = 0
+        self._encoder = None
+        if image_tokens_from == "sizes":
+            self._conversation_encoder()  # refuse a family without a sizes recipe now, not at the first row
 
     def __getstate__(self):
-        # Copies sent to worker processes must write into the same folder as the original.
-        self._ensure_stats_dir()
-        return self.__dict__.copy()
+        # configuration only: the encoder is rebuilt from it on first use, so calling the splitter changes
+        # neither its pickle nor its `datasets` fingerprint
+        return {k: v for k, v in self.__dict__.items() if k != "_encoder"}
 
-    def _ensure_stats_dir(self) -> str:
-        if self._stats_dir is None:
-            self._stats_dir = tempfile.mkdtemp(prefix="chunker-stats-")
-            weakref.finalize(self, _remove_stats_dir, self._stats_dir, os.getpid())
-        return self._stats_dir
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._encoder = None
 
-    # ------------------------------------------------------------------ public API
+    # ------------------------------------------------------------------ map function
 
     def __call__(self, batch: dict, indices=None) -> dict:
-        """Split a batch (dict of columns) into window rows (dict of columns); rows may be skipped per policy.
+        """Split a batch (dict of columns) into window rows (dict of columns).
 
-        Pre-tokenized batches that arrive as Arrow (the lazy batch `Dataset.map` passes, a `pyarrow.Table`)
-        take the Arrow path (`chunker.fast`) and come back as a `pyarrow.Table` with the same windows.
+        Args:
+            batch: a dict of columns, or an Arrow batch (`pyarrow.Table` or the lazy batch `Dataset.map`
+                passes); pre-tokenized Arrow batches take the Arrow path and come back as a `pyarrow.Table`.
+            indices: the rows' positions in their dataset (`with_indices=True`); become `source_index`. When
+                None, a `source_index` or `id` integer column is used.
+
+        Raises:
+            ConfigError: no indices and no index column (under `num_proc` the splitter cannot know where a
+                batch lies in the dataset): map with `with_indices=True`.
         """
         from .fast import as_columns, split_arrow_batch
 
@@ -183,101 +315,88 @@ class WindowSplitter:
             return fast
         batch = as_columns(batch)
         n = len(next(iter(batch.values()))) if batch else 0
-        if indices is None:
-            indices = range(self._seen, self._seen + n)
-        self._seen += n
-        out: dict[str, list] = {}
-        counts, dropped, skipped, examples = 0, 0, Counter(), []
+        indices = self.row_indices(batch, indices, n)
+        rows = []
         for i, index in enumerate(indices):
             row = {k: v[i] for k, v in batch.items()}
             try:
-                windows, n_dropped = self._split(row, int(index))
+                rows += self.split_example(row, int(index))
             except ChunkerError as exc:
-                if not self._skips(exc):
+                if not self.skips(exc):
                     raise
-                skipped[type(exc).__name__] += 1
-                examples.append({"row": int(index), "reason": str(exc)})
-                continue
-            counts += len(windows)
-            dropped += n_dropped
-            for w in windows:
-                for key, value in w.items():
-                    out.setdefault(key, []).append(value)
-        self._record(n, counts, skipped, examples, dropped)
-        if not out:
-            out = {key: [] for key in ("input_ids", "labels", "attention_mask", "source_index")}
-        return out
+                rows.append(self.ledger_row(int(index), exc))
+        keys = list(self.ledger_row(0, ChunkerError()))
+        media = [k for k in ("images", "videos") if k in batch or (k == "images" and "messages" in batch)]
+        at = keys.index("source_index")
+        return _as_columns(rows, keys[:at] + media + keys[at:])
+
+    def row_indices(self, batch, indices, n: int) -> np.ndarray:
+        """The rows' `source_index` values: `indices`, else an index column of the batch; else refuse."""
+        if indices is not None:
+            return np.asarray(list(indices) if isinstance(indices, range) else indices, dtype=np.int64).reshape(-1)
+        for name in INDEX_COLUMNS:
+            col = batch.get(name) if hasattr(batch, "get") else None
+            if col is not None:
+                try:
+                    return np.asarray(col, dtype=np.int64).reshape(-1)
+                except (TypeError, ValueError):
+                    continue
+        raise ConfigError(
+            "the splitter was called without row indices and the batch has no integer 'source_index' or 'id' "
+            "column, so the windows could not say which row they came from (under num_proc each process sees "
+            "only its shard): map with ds.map(splitter, batched=True, with_indices=True)"
+        )
 
     def split_example(self, example: dict, index=None) -> list[dict]:
-        """Split one example into its window rows.
+        """Split one example into its window rows (parse, analyse, assemble).
 
         Args:
             example: a conversational or pre-tokenized row (see the class docstring).
-            index: the row's position in its dataset; becomes `source_index` (errors name it too).
+            index: the row's position in its dataset; becomes `source_index` (-1 when None); errors name it.
 
         Returns:
             list of window rows (dicts): input_ids, labels, attention_mask, the type-id column when the
             family has one, images (the window's subset) and sliced pixel tensors when the row had them,
-            source_index, window_index, num_windows.
+            source_index, window_index, num_windows, skip_reason (None), and dropped_windows when
+            `drop_unsupervised`.
 
         Raises:
             RowFormatError and its subclasses: the row cannot be split; the message names it and the fix.
         """
-        return self._split(example, index)[0]
-
-    def _split(self, example: dict, index) -> tuple[list[dict], int]:
-        """The example's window rows, and how many windows without loss were left out."""
         row = index if index is not None else example.get("source_index", example.get("id"))
-        windows = self._windows(self._parse(example, row), row)
-        if not self.drop_unsupervised:
-            return windows, 0
-        kept = [w for w in windows if (w["labels"][1:] != IGNORE).any()]
-        for k, w in enumerate(kept):
-            w["window_index"], w["num_windows"] = k, len(kept)
-        return kept, len(windows) - len(kept)
+        return self.assemble(self.analyse(self.parse(example, row), row), row)
 
-    @property
-    def stats(self) -> SplitStats:
-        """Rows, windows and skipped rows by reason, summed over every process that ran this splitter."""
-        stats = SplitStats()
-        if self._stats_dir is None:
-            return stats
-        for path in sorted(glob.glob(os.path.join(self._stats_dir, "*.jsonl"))):
-            with open(path) as f:
-                for line in f:
-                    rec = json.loads(line)
-                    stats.rows += rec["rows"]
-                    stats.windows += rec["windows"]
-                    stats.unsupervised_windows += rec.get("unsupervised", 0)
-                    stats.skipped.update(rec["skipped"])
-                    stats.examples.extend(rec["examples"])
-        stats.examples.sort(key=lambda e: e["row"])
-        return stats
-
-    def reset_stats(self) -> None:
-        """Forget what earlier maps recorded."""
-        for path in glob.glob(os.path.join(self._stats_dir or "", "*.jsonl")):
-            os.remove(path)
-        self._seen = 0
-
-    # ------------------------------------------------------------------ parsing rows
-
-    def _skips(self, exc: ChunkerError) -> bool:
+    def skips(self, exc: ChunkerError) -> bool:
+        """Whether the policies skip a row that raised `exc` (else it propagates)."""
         if isinstance(exc, OversizeSpanError):
             return self.on_oversize == "skip" or self.on_error == "skip"
         return self.on_error == "skip" and isinstance(exc, RowFormatError)
 
-    def _record(self, rows, windows, skipped, examples, unsupervised=0):
-        os.makedirs(self._ensure_stats_dir(), exist_ok=True)
-        rec = {"rows": rows, "windows": windows, "skipped": dict(skipped), "examples": examples[:20],
-               "unsupervised": unsupervised}
-        with open(os.path.join(self._stats_dir, f"{os.getpid()}.jsonl"), "a") as f:
-            f.write(json.dumps(rec) + "\n")
+    def ledger_row(self, index: int, exc: ChunkerError) -> dict:
+        """The row a skipped input row leaves in the output: no tokens, `num_windows` 0, the reason."""
+        rec = {"input_ids": np.zeros(0, np.int64), "labels": np.zeros(0, np.int64),
+               "attention_mask": np.zeros(0, np.int64)}
+        if self.spec.type_ids_column:
+            rec[self.spec.type_ids_column] = np.zeros(0, np.int64)
+        rec.update(source_index=int(index), window_index=-1, num_windows=0,
+                   skip_reason=f"{type(exc).__name__}: {exc}")
+        if self.drop_unsupervised:
+            rec["dropped_windows"] = 0
+        return rec
 
-    def _parse(self, example: dict, row) -> dict:
-        if "input_ids" in example and example["input_ids"] is not None:
+    # ------------------------------------------------------------------ stage 1: parse
+
+    def parse(self, example: dict, row) -> Parsed:
+        """Read a row: tokenize a conversation (chat template + processor), or take pre-tokenized columns.
+
+        Raises:
+            RowFormatError and subclasses (TemplateError, ProcessorError, NoSupervisionError, ...).
+        """
+        if not isinstance(example, dict):
+            raise RowFormatError(f"a row must be a dict of columns, got {type(example).__name__}", row=row)
+        if example.get("input_ids") is not None:
             return self._parse_tokens(example, row)
-        if "messages" in example and example["messages"] is not None:
+        if example.get("messages") is not None:
             return self._parse_messages(example, row)
         raise RowFormatError(
             f"unknown row format with columns {sorted(example)}: expected 'messages' (TRL/Unsloth conversational, "
@@ -285,150 +404,131 @@ class WindowSplitter:
             row=row,
         )
 
-    def _parse_tokens(self, example, row) -> dict:
+    def _parse_tokens(self, example, row) -> Parsed:
         ids = _as_ids(example["input_ids"], self.vocab_size, row)
         tensors = {k: _as_array(example[k]) for k in TENSOR_STREAMS if example.get(k) is not None}
         images = example.get("images")
-        images = list(images) if images is not None else None
         labels = example.get("labels")
         mask_col = next((c for c in MASK_COLUMNS if example.get(c) is not None), None)
-        return {"ids": ids, "tensors": tensors, "images": images, "videos": example.get("videos"),
-                "labels": labels, "assistant_mask": example.get(mask_col) if mask_col else None}
+        mask = None
+        if mask_col:
+            mask = _as_array(example[mask_col]).astype(bool)
+            if mask.shape != ids.shape:
+                raise RowFormatError(
+                    f"the assistant mask has {mask.size} entries but input_ids has {len(ids)}: give one per token",
+                    row=row,
+                )
+        return Parsed(ids, None if labels is None else _as_array(labels), mask, tensors,
+                      None if images is None else list(images), example.get("videos"))
 
-    def _parse_messages(self, example, row) -> dict:
-        if self.processor is None:
-            raise ConfigError("conversational rows need a processor to tokenize them")
-        messages = example["messages"]
-        if not messages:
+    def _parse_messages(self, example, row) -> Parsed:
+        if len(example["messages"]) == 0:
             raise EmptyConversationError("the conversation has no messages: drop the row", row=row)
-        messages, images = _collect_images(messages, example.get("images"), row)
-        if self._expander is not None:  # image_tokens_from="sizes": no pixels, the tokenizer alone
-            text = self.processor.apply_chat_template(messages, tokenize=False)
-            text, tensors = self._expander(text, images, example.get("_base_dir"), row=row)
-            tok = self.processor.tokenizer
-            enc = tok(text, add_special_tokens=not _starts_with_bos(self.processor, text))
-            ids = np.asarray(enc["input_ids"], dtype=np.int64)
-            return {"ids": ids, "tensors": tensors, "images": images, "videos": None, "labels": None,
-                    "assistant_mask": None, "from_messages": True}
-        images = [load_image(im, example.get("_base_dir"), row=row) for im in images]
-        text = self.processor.apply_chat_template(messages, tokenize=False)
-        kwargs = {**self.processor_kwargs, "text": [text], "return_tensors": "np",
-                  "add_special_tokens": not _starts_with_bos(self.processor, text)}
-        if images:
-            kwargs["images"] = [images]
-        try:
-            enc = self.processor(**kwargs)
-        except ChunkerError:
-            raise
-        except (ValueError, IndexError) as exc:
-            raise ImageCountError(
-                f"the processor refused the row ({exc}); the row has {len(images)} images: give one image per "
-                "image placeholder in messages",
-                row=row,
-            ) from exc
-        ids = np.asarray(enc["input_ids"])[0].astype(np.int64)
-        tensors = {k: np.asarray(enc[k]) for k in TENSOR_STREAMS if k in enc}
-        if images and self.spec.group_crops and "num_crops" not in tensors:
-            from .families import crops_per_image
+        enc = self._conversation_encoder()(example["messages"], example.get("images"), row=row,
+                                           base_dir=example.get("_base_dir"))
+        return Parsed(enc.ids, None, enc.mask, enc.tensors, enc.images, None, enc.system_end, True)
 
-            crops = crops_per_image(self.processor, self.spec, images, self.processor_kwargs)
-            if crops is not None:
-                tensors["num_crops"] = np.asarray(crops, dtype=np.int64)
-        if self.spec.extra.get("batch_axis_pixels"):
-            tensors = {k: v[0] if k in ("pixel_values", "pixel_attention_mask") else v for k, v in tensors.items()}
-        return {"ids": ids, "tensors": tensors, "images": images, "videos": None, "labels": None,
-                "assistant_mask": None, "from_messages": True}
+    def _conversation_encoder(self):
+        if self._encoder is None:
+            if self.processor is None:
+                raise ConfigError("conversational rows need a processor to tokenize them")
+            from .encode import ConversationEncoder
+            from .families import size_expander
 
-    # ------------------------------------------------------------------ windows
+            expander = None
+            if self.image_tokens_from == "sizes":
+                expander = size_expander(self.processor, self.adapter, self.processor_kwargs)
+            markers = bool(self.spec.response_ids)
+            self._encoder = ConversationEncoder(
+                self.processor, self.adapter, train_on="all" if markers else self.train_on,
+                tensor_keys=tuple(TENSOR_STREAMS), processor_kwargs=self.processor_kwargs, expander=expander,
+                template_kwargs=self.template_kwargs,
+            )
+        return self._encoder
 
-    def _windows(self, p: dict, row) -> list[dict]:
-        spec = self.spec
-        ids = p["ids"]
+    # ------------------------------------------------------------------ stage 2: analyse
+
+    def analyse(self, p: Parsed, row) -> RowPlan:
+        """Spans, media items, loss mask, prefix and windows of one parsed row (the numpy core).
+
+        Raises:
+            SpanError, ImageCountError, ImageTokenCountError, PixelMismatchError: media that disagree.
+            NoSupervisionError: the row would train no token.
+            OversizeSpanError, PrefixError: no window can hold a span or the prefix.
+        """
+        spec, ids = self.spec, p.ids
         if len(ids) == 0:
             raise EmptyConversationError("input_ids is empty: drop the row", row=row)
         spans = find_image_spans(ids, spec, row=row)
-        tensors = p["tensors"]
-        if spec.group_crops and "num_crops" in tensors:
-            spans = group_spans(spans, 1 + np.asarray(tensors["num_crops"]).reshape(-1))
-        images = p["images"]
-        if spec.extra.get("run_counts") and len(spans):
-            spans = self._split_runs(spans, tensors, images, row)
-        n_images = None if images is None or (p.get("from_messages") and not images) else len(images)
-        n_videos = None if p["videos"] is None else len(p["videos"])
-        check_media_counts(spans, n_images, n_videos, bool(tensors), row)
-        plan = slice_plan(spec, tensors, spans, row=row) if tensors else {}
-        check_counts(spec, tensors, spans, row=row)
-        mask = self._loss_mask(p, ids, spans, row)
+        if self.adapter is not None:
+            spans = self.adapter.items(spans, p.tensors, p.images, row=row)
+        n_images = None if p.images is None or (p.from_messages and not p.images) else len(p.images)
+        n_videos = None if p.videos is None else len(p.videos)
+        check_media_counts(spans, n_images, n_videos, bool(p.tensors), row)
+        slices = slice_plan(spec, p.tensors, spans, row=row) if p.tensors else {}
+        check_counts(spec, p.tensors, spans, row=row, expected=self._expected_items(p.tensors))
+        mask = self.loss_mask(p, spans, row)
         labels = labels_from_mask(ids, mask)
-        prefix_len = self._prefix_len(ids, spans)
-        bounds = turn_boundaries(ids, spec.instruction_ids, spec.response_ids)
+        prefix_len = self.prefix_length(p, spans, row)
+        bounds = mask_edges(mask)
+        if spec.instruction_ids or spec.response_ids:
+            marks = [find_marker(ids, m) for m in (spec.instruction_ids, spec.response_ids) if m]
+            bounds = np.union1d(bounds, np.concatenate(marks))
         wins = plan_windows(
             len(ids), spans, max_length=self.max_length, overlap=self.overlap, prefix_len=prefix_len,
             boundaries=bounds, loss_mask=mask, min_fill=self.min_fill, row=row,
         )
-        image_rank = np.cumsum(spans.kinds == IMAGE) - 1
-        video_rank = np.cumsum(spans.kinds == VIDEO) - 1
-        in_prefix = spans.ends <= prefix_len
-        out = []
-        for k, w in enumerate(wins):
-            pre = prefix_len if k else 0
-            chosen = (spans.starts >= w.context_start) & (spans.ends <= w.end)
-            if k:
-                chosen |= in_prefix
-            img_items = image_rank[chosen & (spans.kinds == IMAGE)]
-            vid_items = video_rank[chosen & (spans.kinds == VIDEO)]
-            win_ids = np.concatenate([ids[:pre], ids[w.context_start:w.end]])
-            rec = {
-                "input_ids": win_ids,
-                "labels": window_labels(labels, w.context_start, w.start, w.end, pre),
-                "attention_mask": np.ones(len(win_ids), dtype=np.int64),
-            }
-            if spec.type_ids_column:
-                rec[spec.type_ids_column] = type_ids(win_ids, spec)
-            if images is not None or p.get("from_messages"):
-                rec["images"] = [images[i] for i in img_items] if images else []
-            if p["videos"] is not None:
-                rec["videos"] = [p["videos"][i] for i in vid_items]
-            if plan and self.keep_pixels and not p.get("from_messages"):
-                rec.update(take_items(tensors, plan, img_items, vid_items))
-            rec["source_index"] = -1 if row is None else int(row)
-            rec["window_index"] = k
-            rec["num_windows"] = len(wins)
-            out.append(rec)
-        return out
+        geometry = np.array([(w.context_start, w.start, w.end) for w in wins], dtype=np.int64).reshape(-1, 3)
+        items = {kind: window_items(spans.take(spans.kinds == kind), geometry, prefix_len) for kind in (IMAGE, VIDEO)}
+        return RowPlan(ids, labels, prefix_len, geometry, items[IMAGE], items[VIDEO], slices, p)
 
-    def _split_runs(self, spans, tensors, images, row):
-        from .families import run_item_counts
+    def _expected_items(self, tensors):
+        if self.adapter is None or not tensors:
+            return None
+        return {s: self.adapter.expected_item_tokens(tensors, s) for s in (IMAGE, VIDEO)}
 
-        if "image_sizes" in tensors:
-            sizes = np.asarray(tensors["image_sizes"]).reshape(-1, 2).tolist()
-        elif images:
-            sizes = [load_image(im, row=row).size[::-1] for im in images]
+    def loss_mask(self, p: Parsed, spans: Spans, row) -> np.ndarray:
+        """Which positions of the whole conversation train, before any cut; media never train.
+
+        Raises:
+            NoSupervisionError: the row's labels, mask or answers leave no supervised token.
+            RowFormatError: a pre-tokenized row without labels, mask or turn markers under train_on="assistant".
+        """
+        ids, spec = p.ids, self.spec
+        if p.labels is not None:
+            mask = mask_from_labels(ids, p.labels, spans, row=row)
+            source = "its labels are all -100 (outside media)"
+        elif p.mask is not None:
+            mask = p.mask & ~media_mask(len(ids), spans)
+            source = "its assistant mask marks no text token"
+        elif spec.response_ids and self.train_on == "assistant":
+            mask = loss_mask(ids, spans, train_on="assistant", instruction_ids=spec.instruction_ids,
+                             response_ids=spec.response_ids, row=row)
+            source = f"no response marker {list(spec.response_ids)} is followed by text"
+        elif p.from_messages or self.train_on == "all":
+            mask = ~media_mask(len(ids), spans)
+            source = "it holds no text token"
         else:
-            return spans
-        pixel = tensors["pixel_values"].shape[-2:] if "pixel_values" in tensors else None
-        counts = run_item_counts(self.processor, self.spec, sizes, pixel)
-        return spans if counts is None else split_runs(spans, counts, row=row)
+            raise RowFormatError(
+                "the pre-tokenized row has no 'labels' and no assistant mask, so nothing says which tokens are "
+                "answers: add labels (unshifted, -100 where no loss) or 'assistant_masks', pass "
+                "instruction_part=/response_part= turn markers, or train_on='all'",
+                row=row,
+            )
+        if not mask[1:].any():
+            raise NoSupervisionError(
+                f"the row would train no token: {source}. Drop it, fix its labels, or pass on_error='skip' to "
+                "count such rows", row=row,
+            )
+        return mask
 
-    def _loss_mask(self, p, ids, spans, row):
-        if p["labels"] is not None:
-            return mask_from_labels(ids, _as_array(p["labels"]), spans, row=row)
-        if p["assistant_mask"] is not None:
-            m = _as_array(p["assistant_mask"]).astype(bool)
-            if m.shape != ids.shape:
-                raise RowFormatError(
-                    f"the assistant mask has {m.size} entries but input_ids has {len(ids)}: give one per token",
-                    row=row,
-                )
-            return m & loss_mask(ids, spans, train_on="all")
-        return loss_mask(
-            ids, spans, train_on=self.train_on, instruction_ids=self.spec.instruction_ids,
-            response_ids=self.spec.response_ids, row=row,
-        )
+    def prefix_length(self, p: Parsed, spans: Spans, row) -> int:
+        """Tokens repeated before every window after the first (see `prefix`).
 
-    def _prefix_len(self, ids, spans) -> int:
-        spec = self.spec
-        n = 0
+        Raises:
+            PrefixError: prefix="system" and the system turn takes half a window or more, or cannot be found.
+        """
+        spec, ids = self.spec, p.ids
         if spec.prefix_media and len(spans):
             lead = spans.ends[spans.starts <= _first_text(ids, spans)]
             n = int(lead.max()) if len(lead) else 0
@@ -437,15 +537,102 @@ class WindowSplitter:
             return n
         if self.prefix == "none":
             return 0
-        if spec.bos_id is not None and ids[0] == spec.bos_id:
-            n = 1
-        if self.prefix == "system" and spec.instruction_ids:
-            from .labels import find_marker
-
+        n = 1 if spec.bos_id is not None and ids[0] == spec.bos_id else 0
+        if self.prefix == "bos":
+            return n
+        system = p.system_end
+        if not p.from_messages:
+            if not spec.instruction_ids:
+                raise PrefixError(
+                    "prefix='system' needs to know where the system turn ends: pre-tokenized rows need "
+                    "instruction_part= (the text that opens a user turn); or use prefix='bos'", row=row,
+                )
             first = find_marker(ids, spec.instruction_ids)
-            if len(first) and first[0] > n and not (len(spans) and spans.starts.min() < first[0]):
-                n = int(first[0])
-        return n if n < self.max_length // 2 else (1 if n and ids[0] == spec.bos_id else 0)
+            system = int(first[0]) if len(first) and first[0] > n else None
+        if system is None or (len(spans) and spans.starts.min() < system):
+            return n  # no system turn before the first user turn (or media in it): BOS only
+        if system >= self.max_length // 2 and len(ids) > self.max_length:
+            raise PrefixError(
+                f"prefix='system' would repeat the {system}-token system turn before every window, but that is half "
+                f"of max_length={self.max_length} or more: shorten the system prompt, raise max_length, use "
+                "prefix='bos', or pass on_error='skip'", row=row,
+            )
+        return max(system, n)
+
+    # ------------------------------------------------------------------ stage 3: assemble
+
+    def assemble(self, plan: RowPlan, row) -> list[dict]:
+        """The window rows of an analysed row (takes by offsets; media subsets with every companion).
+
+        With `drop_unsupervised`, windows that train no token are left out and counted in `dropped_windows`;
+        a row left with none raises `NoSupervisionError`.
+        """
+        spec, ids, p = self.spec, plan.ids, plan.parsed
+        out = []
+        for k, (context, start, end) in enumerate(plan.geometry.tolist()):
+            pre = plan.prefix_len if k else 0
+            win_ids = np.concatenate([ids[:pre], ids[context:end]])
+            rec = {
+                "input_ids": win_ids,
+                "labels": window_labels(plan.labels, context, start, end, pre),
+                "attention_mask": np.ones(len(win_ids), dtype=np.int64),
+            }
+            if spec.type_ids_column:
+                rec[spec.type_ids_column] = type_ids(win_ids, spec)
+            images, videos = plan.image_items[k], plan.video_items[k]
+            if p.images is not None or p.from_messages:
+                rec["images"] = [p.images[i] for i in images] if p.images else []
+            if p.videos is not None:
+                rec["videos"] = [p.videos[i] for i in videos]
+            if plan.slices and self.keep_pixels and not p.from_messages:
+                rec.update(take_items(p.tensors, plan.slices, images, videos))
+            out.append(rec)
+        dropped = 0
+        if self.drop_unsupervised:
+            kept = [w for w in out if (w["labels"][1:] != IGNORE).any()]
+            dropped = len(out) - len(kept)
+            out = kept
+        for k, rec in enumerate(out):
+            rec["source_index"] = -1 if row is None else int(row)
+            rec["window_index"] = k
+            rec["num_windows"] = len(out)
+            rec["skip_reason"] = None
+            if self.drop_unsupervised:
+                rec["dropped_windows"] = dropped
+        return out
+
+
+def window_items(spans: Spans, geometry: np.ndarray, prefix_len: int) -> list[np.ndarray]:
+    """Per window, the indices of the items whose spans lie inside it (context included) and, after the first
+    window, those inside the repeated prefix; in order.
+
+    Example:
+        >>> s = Spans(np.array([0, 5, 9]), np.array([2, 8, 12]), np.zeros(3, int), np.ones(3, int))
+        >>> [w.tolist() for w in window_items(s, np.array([[0, 0, 5], [4, 5, 12]]), prefix_len=2)]
+        [[0], [0, 1, 2]]
+    """
+    lo = np.searchsorted(spans.starts, geometry[:, 0], side="left")
+    hi = np.searchsorted(spans.ends, geometry[:, 2], side="right")
+    held = int(np.searchsorted(spans.ends, prefix_len, side="right"))
+    out = []
+    for k, (a, b) in enumerate(zip(lo.tolist(), hi.tolist())):
+        if k and held and a > 0:
+            out.append(np.concatenate([np.arange(min(held, a)), np.arange(a, max(a, b))]))
+        else:
+            out.append(np.arange(a, max(a, b)))
+    return out
+
+
+def _adapter_for_spec(processor, spec):
+    """The adapter of the family the user's spec names, bound to the processor when it is of that family."""
+    from .errors import UnsupportedProcessorError
+    from .families import adapter_for, adapter_for_spec
+
+    try:
+        same = adapter_for(processor).name == spec.family
+    except UnsupportedProcessorError:
+        same = False
+    return adapter_for_spec(spec, processor if same else None)
 
 
 def check_media_counts(spans, n_images, n_videos, has_tensors: bool, row) -> None:
@@ -472,18 +659,26 @@ def check_media_counts(spans, n_images, n_videos, has_tensors: bool, row) -> Non
         )
 
 
-def _remove_stats_dir(path: str, owner: int) -> None:
-    """Remove a splitter's stats folder, only in the process that made it (workers share it)."""
-    if os.getpid() == owner:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def type_ids(ids: np.ndarray, spec) -> np.ndarray:
     """The family's type-id column: 1 on image placeholders, 2 on video placeholders, else 0."""
     out = (ids == spec.image_token_id).astype(np.int64)
     if spec.video_token_id is not None:
         out[ids == spec.video_token_id] = 2
     return out
+
+
+def _as_columns(rows: list[dict], ledger_keys) -> dict:
+    """Rows to columns; a ledger row gets None in the media columns windows carry (null aligns with any type,
+    so a process whose rows were all skipped writes features that concatenate with the others')."""
+    keys = next((list(r) for r in rows if r["num_windows"]), list(ledger_keys))
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
+def _columns(windows, names) -> dict:
+    if isinstance(windows, list):
+        return {n: [w.get(n) for w in windows] if windows and n in windows[0] else None for n in names}
+    present = set(windows.column_names if hasattr(windows, "column_names") else windows)
+    return {n: (list(windows[n]) if n in present else None) for n in names}
 
 
 def _first_text(ids, spans) -> int:
@@ -494,12 +689,6 @@ def _first_text(ids, spans) -> int:
             break
         pos = e
     return pos
-
-
-def _starts_with_bos(processor, text: str) -> bool:
-    """Whether the rendered template already holds BOS (then the tokenizer must not add another)."""
-    bos = getattr(getattr(processor, "tokenizer", processor), "bos_token", None)
-    return bool(bos) and text.startswith(bos)
 
 
 def _marker(processor, part):
@@ -554,36 +743,3 @@ def _as_ids(value, vocab_size, row) -> np.ndarray:
         )
     return arr
 
-
-def _collect_images(messages, column, row):
-    """Messages with image items reduced to {"type": "image"}, and the images in order (inline or column)."""
-    inline, clean, placeholders = [], [], 0
-    for msg in messages:
-        content = msg.get("content")
-        if isinstance(content, list):
-            items = []
-            for item in content:
-                if isinstance(item, dict) and item.get("type") == "image":
-                    placeholders += 1
-                    value = next((item.get(k) for k in ("image", "url", "path") if item.get(k) is not None), None)
-                    if value is not None:
-                        inline.append(value)
-                    items.append({"type": "image"})
-                elif isinstance(item, dict) and item.get("type") == "text":
-                    items.append({"type": "text", "text": item.get("text") or ""})
-                else:
-                    items.append(item)
-            msg = {**msg, "content": items}
-        clean.append({k: v for k, v in msg.items() if v is not None})
-    images = inline if inline else list(column or [])
-    if inline and column:
-        raise ImageCountError(
-            "images are given both inline in messages and in the 'images' column: use one of the two", row=row
-        )
-    if len(images) != placeholders:
-        raise ImageCountError(
-            f"the messages hold {placeholders} image placeholders but {len(images)} images were given: give "
-            "exactly one image per {'type': 'image'} item, in order",
-            row=row,
-        )
-    return clean, images

@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chunker.cli import main
+from chunker.cli import build_parser, main
 from chunker.media import load_image
 from chunker.sources import load_processor, load_rows
 from chunker.testing.demo import make_conversations, write_jsonl, write_parquet
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = ((56, 56), (84, 56), (56, 84))  # 4 or 6 placeholder tokens each with the demo processor
+TEXT_ROW = json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "what is shown?"}]},
+                                    {"role": "assistant", "content": [{"type": "text", "text": "a cat."}]}]})
 
 
 def run_cli(*args, extra_env=None, timeout=300):
@@ -220,14 +222,23 @@ def test_split_parquet_reloads_with_the_windows_of_dataset_map(clean, tmp_path, 
         ({"data": "some-org/some-dataset"}, {}, "hub is offline"),
         ({"processor": "empty-folder"}, {}, "cannot load a processor"),
         ({"overlap": "64"}, {}, "overlap=64 must be smaller than max_length=64"),
+        ({"data": "empty.jsonl"}, {"data": "rows.jsonl"}, "empty.jsonl' holds no rows: the file is empty"),
+        ({"data": "broken.jsonl"}, {"data": "rows.jsonl"}, "broken.jsonl' line 3 is not valid JSON (Expecting"),
+        ({"data": "empty-folder"}, {}, "holds no .jsonl/.json/.parquet file"),
+        ({"processor": "processor_config.json"}, {}, "is a file, not a folder"),
     ],
-    ids=["missing-file", "unknown-suffix", "hub-offline", "not-a-processor", "overlap-too-large"],
+    ids=["missing-file", "unknown-suffix", "hub-offline", "not-a-processor", "overlap-too-large", "empty-jsonl",
+         "malformed-jsonl-line", "folder-without-data", "processor-file"],
 )
 def test_errors_are_one_line_with_exit_2_and_the_happy_twin_runs(bad, good, expected, clean, tmp_path, capsys):
     """A bad argument ends in one line `chunker: error: ...` (the last line of stderr) and exit code 2, no
     traceback; the same command with that one argument corrected runs (exit 0 or 1)."""
     (tmp_path / "table.csv").write_text("a,b\n1,2\n")
     (tmp_path / "empty-folder").mkdir()
+    (tmp_path / "processor_config.json").write_text("{}")
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "broken.jsonl").write_text(f"{TEXT_ROW}\n\n{TEXT_ROW[:-1]},}}\n")  # line 3: a trailing comma
+    (tmp_path / "rows.jsonl").write_text(f"{TEXT_ROW}\n\n{TEXT_ROW}\n")  # the same rows made valid; blank line skipped
     base = {"data": str(clean["dir"] / "data.jsonl"), "processor": "demo", "overlap": "8"}
 
     def argv(over):
@@ -243,3 +254,103 @@ def test_errors_are_one_line_with_exit_2_and_the_happy_twin_runs(bad, good, expe
     assert "Traceback" not in r.stderr
     assert main(argv(good)) in (0, 1)
     capsys.readouterr()
+
+
+def test_split_of_an_empty_jsonl_is_one_line_and_the_file_with_a_row_splits(tmp_path, capsys):
+    """`split` on an empty JSONL file: one line naming it ('holds no rows'), exit 2, no traceback, no --out folder
+    made; the same file holding one row splits."""
+    data, out = tmp_path / "rows.jsonl", tmp_path / "out"
+    data.write_text("")
+    r = run_cli("split", data, "-p", "demo", "-n", 64, "--out", out)
+    assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
+    line = last_line(r.stderr)
+    assert line.startswith("chunker: error: ") and f"{str(data)!r} holds no rows" in line, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not out.exists()
+    data.write_text(TEXT_ROW + "\n")
+    assert main(["split", str(data), "-p", "demo", "-n", "64", "--out", str(out), "--no-plot"]) == 0
+    assert json.loads((out / "report.json").read_text())["windows"] == 1
+    capsys.readouterr()
+
+
+def test_split_refuses_earlier_output_in_out_and_overwrite_replaces_it(clean, tmp_path, capsys):
+    """A second `split` into the same --out: one line naming what is there and `--overwrite`, exit 2, nothing
+    touched; with --overwrite it runs and replaces the earlier output (the arrow windows of the first run are
+    gone, not left beside the new Parquet file)."""
+    out = tmp_path / "out"
+    argv = ["split", str(clean["dir"] / "data.jsonl"), "-p", "demo", "-n", "128", "--out", str(out), "--no-plot"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    first = (out / "report.json").read_text()
+    r = run_cli(*argv, "--format", "parquet")
+    assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
+    line = last_line(r.stderr)
+    assert line == (f"chunker: error: --out {str(out)!r} already holds windows, report.json from an earlier split: "
+                    "pass --overwrite to replace them, or choose another folder"), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert (out / "report.json").read_text() == first and not (out / "windows.parquet").exists()
+    assert main([*argv, "--format", "parquet", "--overwrite"]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "windows.parquet"]
+    assert json.loads((out / "report.json").read_text())["format"] == "parquet"
+
+
+def test_split_into_a_file_or_over_its_own_data_is_refused(clean, tmp_path, capsys):
+    """--out naming a file, and --overwrite of an --out whose earlier windows are the DATA itself: one line each,
+    exit 2 (the second would delete the data being split); the same commands into a fresh folder run."""
+    taken = tmp_path / "taken.txt"
+    taken.write_text("not a folder")
+    base = ["-p", "demo", "-n", "128", "--no-plot", "--format", "parquet"]
+    assert main(["split", str(clean["dir"] / "data.jsonl"), *base, "--out", str(taken)]) == 2
+    assert last_line(capsys.readouterr().err) == (f"chunker: error: --out {str(taken)!r} is a file, not a folder: "
+                                                  "choose a folder for the windows and report")
+    out = tmp_path / "out"
+    assert main(["split", str(clean["dir"] / "data.jsonl"), *base, "--out", str(out)]) == 0
+    capsys.readouterr()
+    windows = str(out / "windows.parquet")
+    assert main(["split", windows, *base, "--out", str(out), "--overwrite"]) == 2
+    assert "which --overwrite would delete: choose another --out" in last_line(capsys.readouterr().err)
+    assert main(["split", windows, *base, "--out", str(tmp_path / "again")]) == 0
+    capsys.readouterr()
+
+
+def test_split_without_matplotlib_says_report_png_was_not_written_and_how_to_get_it(clean, tmp_path, capsys):
+    """Where `import matplotlib` fails (a stand-in package on PYTHONPATH raises ImportError) `split` still runs,
+    claims no report.png, and says in one line that it was not written and how to get it; with matplotlib
+    importable the same command draws it and says nothing of the kind."""
+    shim = tmp_path / "no-matplotlib"
+    (shim / "matplotlib").mkdir(parents=True)
+    (shim / "matplotlib" / "__init__.py").write_text('raise ImportError("matplotlib hidden by the test")\n')
+    argv = ["split", str(clean["dir"] / "data.jsonl"), "-p", "demo", "-n", "128"]
+    pythonpath = os.pathsep.join(filter(None, [str(shim), str(ROOT), os.environ.get("PYTHONPATH")]))
+    r = run_cli(*argv, "--out", tmp_path / "bare", extra_env={"PYTHONPATH": pythonpath})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "bare" / "report.json").exists() and not (tmp_path / "bare" / "report.png").exists()
+    assert "report.png" not in r.stdout and "plot:" not in r.stdout
+    assert last_line(r.stderr) == ('chunker: note: report.png was not written: matplotlib cannot be imported; '
+                                   'pip install "vlm-chunker[report]" to draw it (or pass --no-plot)')
+    assert main([*argv, "--out", str(tmp_path / "full")]) == 0
+    out, err = capsys.readouterr()
+    assert (tmp_path / "full" / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"plot:    {tmp_path / 'full' / 'report.png'}" in out and "not written" not in err
+
+
+@pytest.mark.parametrize(
+    "bad, good",
+    [
+        (["check", "DATA", "-p", "demo", "-n", "64", "--num-proc", "-1"], ["--num-proc", "1"]),
+        (["check", "DATA", "-p", "demo", "-n", "64", "--show", "-3"], ["--show", "0"]),
+        (["demo", "--rows", "0"], ["--rows", "1"]),
+    ],
+    ids=["negative-num-proc", "negative-show", "demo-without-rows"],
+)
+def test_counts_out_of_range_are_one_usage_line(bad, good, clean):
+    """A count below its least value ends in argparse's one line naming the option and the value (exit 2), not in
+    a traceback from deep in datasets or the demo; the least value itself parses."""
+    bad = [str(clean["dir"] / "data.jsonl") if a == "DATA" else a for a in bad]
+    r = run_cli(*bad)
+    assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
+    line = last_line(r.stderr)
+    assert line.startswith(f"chunker {bad[0]}: error: argument {bad[-2]}") and f"value: '{bad[-1]}'" in line, line
+    assert "Traceback" not in r.stderr
+    args = build_parser().parse_args([*bad[:-2], *good])
+    assert getattr(args, good[0].lstrip("-").replace("-", "_")) == int(good[1])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from functools import cache
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from chunker import (
     RowFormatError,
     WindowSplitter,
 )
-from chunker.collator import WindowCollator
+from chunker.collator import WindowCollator, check_batch, make_media, pad_batch, parse_rows
 from chunker.testing import build_processor
 
 MAX_LENGTH = 96
@@ -278,3 +279,145 @@ def test_idefics3_pixels_are_per_row_and_zero_padded():
         assert not pv[r, t:].any() and not mask[r, t:].any()
         tiles = int((pv[r] != 0).flatten(1).any(1).sum())
         assert tiles * proc.image_seq_len == int((batch["input_ids"][r] == proc.image_token_id).sum())
+
+
+# ---------------------------------------------------------------------- per item: two images swapped in one row
+
+# families whose token count depends on the image size (Gemma 3's is fixed, so a swap there is harmless to counts)
+SIZED = ["qwen2_vl", "llava_next", "idefics3", "pixtral"]
+TWO_SIZES = [(64, 64), (32, 128)]
+
+
+@cache
+def _two_image_row(family):
+    """One window row holding two images of different token counts, each in its own user turn."""
+    processor = build_processor(family)
+    conv = _conversation(np.random.default_rng(5), TWO_SIZES)
+    windows = WindowSplitter(processor, max_length=4096).split_example(conv, index=11)
+    assert len(windows) == 1 and len(windows[0]["images"]) == 2
+    return processor, windows[0]
+
+
+@pytest.mark.parametrize("family", SIZED)
+def test_two_images_swapped_within_a_row_raise_naming_the_row_and_both_items(family):
+    """Per-row totals agree (a per-row check passes it); every span against its own item does not."""
+    processor, row = _two_image_row(family)
+    swapped = {**row, "images": list(row["images"])[::-1]}
+    collator = WindowCollator(processor)
+    spec = collator.spec
+    right = make_media(processor, parse_rows([row], spec), spec).expected()[0][0].tolist()
+    wrong = make_media(processor, parse_rows([swapped], spec), spec).expected()[0][0].tolist()
+    assert wrong == right[::-1] and right[0] != right[1]
+    in_text = int((torch.as_tensor(row["input_ids"]) == spec.image_token_id).sum())
+    assert sum(wrong) == sum(right) == in_text  # the same totals and item numbers: only the order differs
+    with pytest.raises(ImageTokenMismatchError) as info:
+        collator([swapped])
+    bad = info.value.bad_rows
+    assert [(b["source_index"], b["window_index"]) for b in bad] == [(11, 0)]
+    assert bad[0]["image tokens"] == (in_text, in_text) and bad[0]["image items"] == (2, 2)
+    assert [(i["item"], i["seen"], i["expected"]) for i in bad[0]["items"]] == [(0, right[0], right[1]),
+                                                                              (1, right[1], right[0])]
+    message = str(info.value)
+    assert "source_index 11, window_index 0" in message
+    assert f"image 0: {right[0]} tokens (its media need {right[1]})" in message
+    assert f"image 1: {right[1]} tokens (its media need {right[0]})" in message
+
+
+@pytest.mark.parametrize("family", SIZED)
+def test_two_images_in_their_own_order_pass(family):
+    """The working twin: the same row with its images in the right order collates."""
+    processor, row = _two_image_row(family)
+    batch = WindowCollator(processor)([row])
+    assert batch["input_ids"].shape[0] == 1 and "pixel_values" in batch
+
+
+def test_a_row_with_swapped_images_is_dropped_with_exactly_its_media(qwen, qwen_windows):
+    processor, row = _two_image_row("qwen2_vl")
+    swapped = {**row, "images": list(row["images"])[::-1]}
+    collator = WindowCollator(processor, on_mismatch="drop")
+    with pytest.warns(UserWarning, match="dropped 1 row"):
+        batch = collator([qwen_windows[0], swapped, qwen_windows[2]])
+    clean = WindowCollator(qwen)([qwen_windows[0], qwen_windows[2]])
+    for key in clean:
+        assert torch.equal(batch[key], clean[key]), key
+    assert collator.stats.dropped == {"ImageTokenMismatchError": 1}
+    assert "image 0:" in collator.stats.examples[0]["reason"]
+
+
+def test_the_public_stages_compose_into_the_collators_batch(qwen, qwen_windows):
+    """parse_rows -> make_media -> pad_batch -> check_batch gives what WindowCollator gives."""
+    spec = chunker.ImageSpanSpec.from_processor(qwen)
+    rows = parse_rows(qwen_windows, spec, vocab_size=len(qwen.tokenizer))
+    media = make_media(qwen, rows, spec)
+    batch = pad_batch(rows, qwen.tokenizer.pad_token_id, pad_to_multiple_of=8, type_ids_column=spec.type_ids_column)
+    result = check_batch(batch["input_ids"], media, spec, rows=rows)
+    assert result.ok and result.tokens["image"][0].tolist() == result.tokens["image"][1].tolist()
+    batch.update(media.model_inputs(qwen))
+    want = WindowCollator(qwen, pad_to_multiple_of=8)(qwen_windows)
+    assert set(batch) == set(want)
+    for key in want:
+        assert torch.equal(batch[key], want[key]), key
+
+
+def test_check_batch_reports_without_raising_when_asked(qwen, qwen_windows):
+    spec = chunker.ImageSpanSpec.from_processor(qwen)
+    rows = parse_rows(_swapped(qwen_windows), spec)
+    media = make_media(qwen, rows, spec)
+    ids = pad_batch(rows, 0)["input_ids"]
+    result = check_batch(ids, media, spec, rows=rows, raise_error=False)
+    assert result.bad_rows == [0, 1] and not result.ok
+    with pytest.raises(ImageTokenMismatchError, match="source_index 7, window_index 1"):
+        check_batch(ids, media, spec, rows=rows)
+    assert check_batch(ids[2:], media.select([2]), spec).ok  # the untouched row alone passes
+
+
+def test_make_media_keeps_row_errors_when_asked(qwen, qwen_windows):
+    spec = chunker.ImageSpanSpec.from_processor(qwen)
+    broken = {**qwen_windows[1], "images": [b"not an image"] * len(qwen_windows[1]["images"])}
+    rows = parse_rows([qwen_windows[0], broken], spec)
+    with pytest.raises(ImageDecodeError, match="window_index 1"):
+        make_media(qwen, rows, spec)
+    media = make_media(qwen, rows, spec, errors="keep")
+    assert [(i, type(e).__name__) for i, e in media.failed] == [(1, "ImageDecodeError")]
+    assert len(media.rows[0].image_tokens) == len(qwen_windows[0]["images"])
+
+
+def test_idefics3_pixel_tensors_without_tile_counts_are_checked_as_whole_tiles():
+    """Rows carrying Idefics3 pixel tensors have no per-image tile counts: a span must hold whole tiles and the
+    row's total must match (the documented limit); with images, each image is checked on its own."""
+    proc = build_processor("idefics3")
+    spec = chunker.ImageSpanSpec.from_processor(proc)
+    _, row = _two_image_row("idefics3")
+    with_images = make_media(proc, parse_rows([row], spec), spec)
+    assert not with_images.merged and len(with_images.rows[0].image_tokens) == 2
+    pixels = {k: v for k, v in row.items() if k != "images"}
+    pixels["pixel_values"] = with_images.rows[0].tensors["pixel_values"]
+    rows = parse_rows([pixels], spec)
+    media = make_media(proc, rows, spec)
+    assert media.merged and int(media.rows[0].image_tokens.sum()) == int(with_images.rows[0].image_tokens.sum())
+    assert check_batch(pad_batch(rows, 0)["input_ids"], media, spec).ok
+    assert torch.equal(WindowCollator(proc)([pixels])["pixel_values"], WindowCollator(proc)([row])["pixel_values"])
+
+
+def test_qwen3_videos_are_one_item_each_and_checked_in_order():
+    """Qwen3-VL nests a video's frame groups (`<t seconds><vision_start><video_pad>x n<vision_end>`) in an
+    outer pair: each video is one item, checked against its own video_grid_thw; two videos swapped are named."""
+    from chunker.testing.families_b import qwen_video_tokens
+
+    proc = build_processor("qwen3_vl")
+    tok = proc.tokenizer
+    grids = [(2, 4, 4), (1, 4, 16)]  # two frame groups of 4 tokens; one group of 16
+    ids = tok("watch this")["input_ids"]
+    for g in grids:
+        ids += qwen_video_tokens("qwen3_vl", proc, g) + tok(" and ")["input_ids"]
+    dim = 3 * int(proc.image_processor.temporal_patch_size) * int(proc.image_processor.patch_size) ** 2
+    row = {"input_ids": ids, "source_index": 2, "window_index": 0,
+           "video_grid_thw": torch.tensor(grids), "pixel_values_videos": torch.zeros(sum(t * h * w for t, h, w in grids), dim)}
+    batch = WindowCollator(proc)([row])  # the right order passes
+    assert int((batch["mm_token_type_ids"] == 2).sum()) == 8 + 16
+    swapped = {**row, "video_grid_thw": torch.tensor(grids[::-1])}
+    with pytest.raises(ImageTokenMismatchError) as info:
+        WindowCollator(proc)([swapped])
+    assert [(i["stream"], i["item"], i["seen"], i["expected"]) for i in info.value.bad_rows[0]["items"]] == [
+        ("video", 0, 8, 16), ("video", 1, 16, 8)]
+    assert "video 0: 8 tokens (its media need 16)" in str(info.value)

@@ -4,7 +4,8 @@ For every family: each window of a long multi-image conversation runs forward + 
 loss; naive truncation of the same conversation at max_length raises the model's own mismatch error
 (the positive control); images moved to the wrong rows with equal totals pass the model's batch-wide
 check but are caught by ours; every row of a batch computes the same logits (and, for Qwen, the same
-rope positions) as its window alone.
+rope positions) as its window alone. For Qwen2-VL: two images of one row in the wrong order train
+silently in the model (features scattered into the wrong spans) and only our per-item check refuses them.
 """
 
 from __future__ import annotations
@@ -147,3 +148,43 @@ def test_type_ids_and_positions_match_each_window_on_its_own(family):
                     image_grid_thw=alone_batch.get("image_grid_thw"), attention_mask=alone_batch["attention_mask"])
                 assert torch.equal(pos_batch[:, r, :n], pos_alone[:, 0, :n])
     model.train()
+
+
+def test_two_images_swapped_within_a_row_train_silently_but_our_check_refuses_them():
+    """Qwen2-VL: the row's two images (4 and 5 tokens) in the wrong order. Totals agree, so the model trains
+    on it without a word (the positive control: only a per-item check can see it); our collator refuses it;
+    the right order trains and changes every parameter."""
+    processor = build_processor("qwen2_vl")
+    model = build_model("qwen2_vl", processor)
+    rng = np.random.default_rng(4)
+    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in [(64, 64), (32, 128)]]
+    messages = []
+    for _ in images:
+        messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe this picture"}]})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": "a cat sits on a mat"}]})
+    (row,) = WindowSplitter(processor, max_length=4096).split_example({"messages": messages, "images": images}, index=5)
+    swapped = {**row, "images": list(row["images"])[::-1]}
+
+    unchecked = WindowCollator(processor, check=False)([swapped])
+    merge = processor.image_processor.merge_size ** 2
+    assert (unchecked["image_grid_thw"].prod(-1) // merge).tolist() == [5, 4]  # the text holds spans of 4, then 5
+    model.train()
+    model.zero_grad()
+    out = model(**unchecked)  # no error: the model compares batch totals only
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+    with pytest.raises(ImageTokenMismatchError, match="image 0: 4 tokens [(]its media need 5[)]; image 1: 5 tokens"):
+        WindowCollator(processor)([swapped])
+
+    batch = WindowCollator(processor)([row])
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.zero_grad()
+    loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    unchanged = [name for (name, p), b in zip(model.named_parameters(), before) if torch.equal(p.detach(), b)]
+    assert not unchanged, unchanged

@@ -39,7 +39,8 @@ def test_num_proc_2_map_of_conversations_equals_split_example(processor):
     ds = datasets.Dataset.from_list(rows)
     got = ds.map(splitter, batched=True, batch_size=2, with_indices=True, num_proc=2, remove_columns=ds.column_names)
     assert_same(list(got), expected_windows(splitter, rows))
-    assert splitter.stats.rows == 6 and splitter.stats.windows == len(got) > 6
+    stats = chunker.SplitStats.from_windows(got)
+    assert stats.rows == 6 and stats.windows == len(got) > 6 and not stats.skipped
 
 
 def test_num_proc_2_map_of_pretokenized_rows_equals_split_example(processor):
@@ -65,11 +66,38 @@ def test_skipped_rows_are_counted_across_processes(processor):
     splitter = chunker.WindowSplitter(processor, max_length=256, on_error="skip")
     ds = datasets.Dataset.from_list(rows)
     got = ds.map(splitter, batched=True, batch_size=2, with_indices=True, num_proc=2, remove_columns=ds.column_names)
-    stats = splitter.stats
+    stats = chunker.SplitStats.from_windows(got)
     assert stats.rows == 6
     assert dict(stats.skipped) == {"ImageCountError": 1, "EmptyConversationError": 1}
     assert sorted(e["row"] for e in stats.examples) == [1, 4]
-    assert sorted(set(got["source_index"])) == [0, 2, 3, 5]
+    kept = chunker.drop_skipped(got)
+    assert sorted(set(kept["source_index"])) == [0, 2, 3, 5] and len(kept) == len(got) - 2
+    ledger = got.filter(lambda n: n == 0, input_columns="num_windows")
+    assert sorted(ledger["source_index"]) == [1, 4] and all(len(ids) == 0 for ids in ledger["input_ids"])
+
+
+def test_the_map_is_pure_same_fingerprint_and_a_cache_hit_keeps_the_accounting(processor, tmp_path):
+    """Two identically configured splitters hash alike, calling one does not change its hash, a second identical
+    map reuses the cache file, and the skips counted from the cached output are the first run's."""
+    from datasets.fingerprint import Hasher
+
+    rows = make_conversations(4, seed=6)
+    rows[2] = {**rows[2], "messages": []}
+    a = chunker.WindowSplitter(processor, max_length=256, on_error="skip")
+    b = chunker.WindowSplitter(processor, max_length=256, on_error="skip")
+    other = chunker.WindowSplitter(processor, max_length=257, on_error="skip")
+    assert Hasher.hash(a) == Hasher.hash(b) != Hasher.hash(other)
+    ds = datasets.Dataset.from_list(rows).flatten_indices(cache_file_name=str(tmp_path / "rows.arrow"))
+    kw = dict(batched=True, with_indices=True, remove_columns=ds.column_names)
+    before = Hasher.hash(a)
+    first = ds.map(a, **kw)
+    assert Hasher.hash(a) == before
+    second = ds.map(b, **kw)
+    assert first.cache_files and second.cache_files[0]["filename"] == first.cache_files[0]["filename"]
+    assert chunker.SplitStats.from_windows(second) == chunker.SplitStats.from_windows(first)
+    assert chunker.SplitStats.from_windows(second).skipped == {"EmptyConversationError": 1}
+    third = ds.map(other, **kw)
+    assert third.cache_files[0]["filename"] != first.cache_files[0]["filename"]
 
 
 def test_the_same_rows_without_skip_raise_naming_the_row(processor):

@@ -8,6 +8,7 @@ from functools import cache
 import numpy as np
 import pytest
 
+import chunker
 from chunker import (
     ChunkerError,
     ConfigError,
@@ -76,7 +77,7 @@ QWEN_ROW = [*USER, 50, *QWEN_IMAGE, 51, *QWEN_VIDEO, 52, *QWEN_VIDEO, EOT, NL, *
 CASES = {
     "unclosed bracket": (
         {"spec": GEMMA}, {"input_ids": [BOS, *USER, 50, OPEN, IMG, IMG], "images": ["a"]},
-        {"input_ids": [BOS, *USER, 50, OPEN, IMG, IMG, CLOSE], "images": ["a"]},
+        {"input_ids": [BOS, *USER, 50, OPEN, IMG, IMG, CLOSE, *ANSWER], "images": ["a"]},
         SpanError, "is never closed (expected one of [23]): the row was truncated inside an image; tokenize without",
     ),
     "unopened bracket": (
@@ -146,12 +147,12 @@ CASES = {
     ),
     "labels of another length": (
         {"spec": GEMMA}, {"input_ids": GOOD, "labels": [-100] * 3, "images": ["a"]},
-        {"input_ids": GOOD, "labels": [-100] * len(GOOD), "images": ["a"]},
+        labelled(GOOD, images=["a"]),
         RowFormatError, "labels has 3 entries but input_ids has 21: give one label per token",
     ),
     "assistant mask of another length": (
         {"spec": GEMMA}, {"input_ids": GOOD, "assistant_masks": [0, 1], "images": ["a"]},
-        {"input_ids": GOOD, "assistant_masks": [0] * len(GOOD), "images": ["a"]},
+        {"input_ids": GOOD, "assistant_masks": [0] * (len(GOOD) - 4) + [1] * 4, "images": ["a"]},
         RowFormatError, "the assistant mask has 2 entries but input_ids has 21: give one per token",
     ),
     "unknown row format": (
@@ -159,20 +160,40 @@ CASES = {
         RowFormatError, "expected 'messages' (TRL/Unsloth conversational",
     ),
     "non-integer ids": (
-        {"spec": GEMMA}, {"input_ids": [1.0, 2.5, 3.0]}, {"input_ids": [1.0, 2.0, 3.0]},
+        {"spec": GEMMA}, {"input_ids": [1.0, 2.5, 3.0]}, {"input_ids": [float(t) for t in GOOD], "images": ["a"]},
         InvalidTokenError, "token ids must be integers; tokenize the text first",
     ),
     "ids given as text": (
-        {"spec": GEMMA}, {"input_ids": ["hello", "world"]}, {"input_ids": [1, 2]},
+        {"spec": GEMMA}, {"input_ids": ["hello", "world"]}, {"input_ids": GOOD, "images": ["a"]},
         InvalidTokenError, "token ids must be integers",
     ),
     "ids outside the vocabulary": (
-        {"spec": GEMMA, "processor": "tokenizer"}, {"input_ids": [1, 5000, 3]}, {"input_ids": [1, 431, 3]},
+        {"spec": GEMMA, "processor": "tokenizer"}, {"input_ids": [*GOOD, 5000]}, {"input_ids": [*GOOD, 431], "images": ["a"]},
         InvalidTokenError, "token id 5000 is outside the vocabulary [0, 432): the row was tokenized by another",
     ),
     "negative ids": (
-        {"spec": GEMMA}, {"input_ids": [1, -7, 3]}, {"input_ids": [1, 7, 3]},
+        {"spec": GEMMA}, {"input_ids": [1, -7, 3]}, {"input_ids": GOOD, "images": ["a"]},
         InvalidTokenError, "token id -7 is outside the vocabulary",
+    ),
+    "labels that train nothing": (
+        {"spec": GEMMA}, {"input_ids": GOOD, "labels": [-100] * len(GOOD), "images": ["a"]},
+        labelled(GOOD, images=["a"]),
+        chunker.NoSupervisionError, "the row would train no token: its labels are all -100",
+    ),
+    "assistant mask that trains nothing": (
+        {"spec": GEMMA}, {"input_ids": GOOD, "assistant_masks": [0] * len(GOOD), "images": ["a"]},
+        {"input_ids": GOOD, "assistant_masks": [0] * (len(GOOD) - 4) + [1] * 4, "images": ["a"]},
+        chunker.NoSupervisionError, "its assistant mask marks no text token",
+    ),
+    "turn markers with no answer": (
+        {"spec": GEMMA}, {"input_ids": [BOS, *USER, 50, *IMAGE, 51, EOT, NL], "images": ["a"]},
+        {"input_ids": GOOD, "images": ["a"]},
+        chunker.NoSupervisionError, "no response marker [10, 12, 3] is followed by text",
+    ),
+    "pre-tokenized row with nothing to say where the answers are": (
+        {"spec": LLAVA.with_turns((), ())}, {"input_ids": turn([IMG] * 3), "images": ["a"]},
+        labelled(turn([IMG] * 3), images=["a"]),
+        RowFormatError, "add labels (unshifted, -100 where no loss) or 'assistant_masks', pass instruction_part=",
     ),
     "pixel rows that do not match the spans": (
         {"spec": GEMMA}, {"input_ids": GOOD, "pixel_values": np.zeros((2, 3, 2, 2), np.float32)},
@@ -224,8 +245,8 @@ def test_on_error_skip_counts_the_bad_row_and_keeps_its_twin(name):
     keys = sorted(set(bad) | set(good))
     batch = {k: [bad.get(k), good.get(k)] for k in keys}
     out = s(batch, indices=[5, 6])
-    assert set(out["source_index"]) == {6}
-    stats = s.stats
+    assert set(chunker.drop_skipped(out)["source_index"]) == {6}
+    stats = chunker.SplitStats.from_windows(out)
     assert stats.rows == 2 and stats.skipped == {error.__name__: 1}
     assert stats.examples[0]["row"] == 5 and fix in stats.examples[0]["reason"]
 
@@ -233,7 +254,7 @@ def test_on_error_skip_counts_the_bad_row_and_keeps_its_twin(name):
 def test_on_oversize_skip_skips_only_oversize_rows():
     s = splitter({"spec": GEMMA, "max_length": 4}, on_oversize="skip")
     out = s({"input_ids": [GOOD], "images": [["a"]]}, indices=[2])
-    assert out["input_ids"] == [] and s.stats.skipped == {"OversizeSpanError": 1}
+    assert out["num_windows"] == [0] and chunker.SplitStats.from_windows(out).skipped == {"OversizeSpanError": 1}
     with pytest.raises(SpanError, match="row 3: "):
         s({"input_ids": [[BOS, OPEN, IMG]], "images": [["a"]]}, indices=[3])
 

@@ -1,4 +1,11 @@
-"""Real processors of every family, built offline: spans and windows checked against the processor's own output."""
+"""The shared contract every family runs (in the manner of transformers' ProcessorTesterMixin).
+
+Adding a family = one adapter in `chunker/families/` + one line in `CONTRACT` below. For each line, the family's
+real processor (built offline) must be detected as that family, pass the grammar probe (and a broken grammar must
+fail it: the positive control), give one span per image, and split a real conversation into windows whose
+supervised tokens are exactly the answers located by incremental templating (a reference computed here, from
+the processor and its template, not by chunker).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,22 @@ from PIL import Image
 import chunker
 from chunker.testing import FAMILIES, build_processor
 
-EXPECTED_FAMILY = {"smolvlm": "idefics3", "mistral3": "pixtral"}
+# test family (a `chunker.testing` builder) -> the adapter it must be detected as
+CONTRACT = {
+    "gemma3": "gemma3",
+    "paligemma": "paligemma",
+    "llava": "llava",
+    "llava_next": "llava_next",
+    "llava_onevision": "llava_onevision",
+    "pixtral": "pixtral",
+    "mistral3": "pixtral",
+    "qwen2_vl": "qwen2_vl",
+    "qwen2_5_vl": "qwen2_5_vl",
+    "qwen3_vl": "qwen3_vl",
+    "idefics3": "idefics3",
+    "smolvlm": "idefics3",
+    "internvl": "internvl",
+}
 SIZES = [(64, 48), (32, 80), (96, 96), (48, 40)]
 COLORS = ["red", "blue", "green", "white"]
 
@@ -53,17 +75,26 @@ def encode(processor, messages, imgs, **kwargs):
 
 
 def item_counts(processor, spec, imgs):
-    """Per-image token counts for bracketless families (back-to-back images form one run)."""
-    from chunker.families import run_item_counts
-
-    return run_item_counts(processor, spec, [im.size[::-1] for im in imgs]) if imgs else None
+    """Per-image token counts of a bracketless family whose back-to-back images form one run, from the processor:
+    each image alone in a one-image conversation; with several images LLaVA-OneVision gives every image the same
+    count, so the row's image tokens are shared equally (None: the family's spans need no counts)."""
+    if spec.kind != "run" or spec.tokens_per_image or not imgs:
+        return None
+    msg = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}]
+    alone = [int((encode(processor, msg, [im])[0] == spec.image_token_id).sum()) for im in imgs]
+    if spec.family == "llava_onevision" and len(imgs) > 1:
+        content = [{"type": "image"} for _ in imgs] + [{"type": "text", "text": "x"}]
+        total = int((encode(processor, [{"role": "user", "content": content}], imgs)[0] == spec.image_token_id).sum())
+        return [total // len(imgs)] * len(imgs)
+    return alone
 
 
 def reference_targets(processor, messages, imgs):
-    """Supervised tokens by incremental templating (independent of chunker's turn markers).
+    """Supervised tokens by incremental templating, on tokens (independent of chunker's character ranges).
 
     An answer's tokens are what the conversation up to it adds to the conversation before it with the
-    generation prompt (after their common prefix: some templates render the prompt slightly differently).
+    generation prompt (after their common prefix: some templates render the prompt slightly differently),
+    less the whitespace-only tokens the template puts after the turn.
     """
     out, used = [], 0
     for k, msg in enumerate(messages):
@@ -75,14 +106,42 @@ def reference_targets(processor, messages, imgs):
         full, _ = encode(processor, messages[: k + 1], imgs[: used])
         n = min(len(prompt), len(full))
         common = int(np.argmax(prompt[:n] != full[:n])) if (prompt[:n] != full[:n]).any() else n
-        out.append(full[common:])
+        answer = full[common:].tolist()
+        while answer and not processor.tokenizer.decode(answer[-1:]).strip():  # layout after the turn: not trained
+            answer.pop()
+        out.append(np.asarray(answer, dtype=np.int64))
     return np.concatenate(out)
+
+
+def test_the_contract_covers_every_family_the_library_knows():
+    from chunker.families import ADAPTERS
+
+    assert set(CONTRACT) == set(FAMILIES)
+    assert set(CONTRACT.values()) == {cls.name for cls in ADAPTERS}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_is_detected_from_the_processor(processors, family):
     spec = chunker.ImageSpanSpec.from_processor(processor_of(processors, family))
-    assert spec.family == EXPECTED_FAMILY.get(family, family)
+    assert spec.family == CONTRACT[family]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_grammar_probe_passes_and_a_broken_grammar_fails_it(processors, family):
+    """The probe runs the real processor on three images of different sizes; the adapter's grammar recovers it.
+    The same adapter with its image id swapped for a text token's must fail (the probe can fail)."""
+    from dataclasses import replace
+
+    from chunker.families import adapter_for
+    from chunker.families.probe import check_grammar
+
+    processor = processor_of(processors, family)
+    check_grammar(adapter_for(processor))
+    broken = adapter_for(processor)
+    text_id = processor.tokenizer("cat", add_special_tokens=False)["input_ids"][0]
+    broken.spec = replace(broken.spec, image_token_id=text_id)
+    with pytest.raises(chunker.GrammarError, match=type(processor).__name__):
+        check_grammar(broken)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -97,7 +156,7 @@ def test_one_span_per_image_covering_every_image_token(processors, family):
     assert int(spans.counts.sum()) == int((ids == spec.image_token_id).sum())
     assert (spans.starts[1:] >= spans.ends[:-1]).all()
     if "image_grid_thw" in enc:
-        merge = spec.extra["merge_size"]
+        merge = processor.image_processor.merge_size
         assert spans.counts.tolist() == (np.asarray(enc["image_grid_thw"]).prod(-1) // merge**2).tolist()
     if spec.tokens_per_image and not spec.group_crops:
         assert spans.counts.tolist() == [spec.tokens_per_image] * n
@@ -209,7 +268,8 @@ def test_unknown_processor_splits_with_a_hand_made_spec():
     ids = [image] * 4 + text + [image] * 4 + text
     rows = splitter.split_example({"input_ids": ids, "images": ["a", "b"]}, index=0)
     assert len(rows) >= 2 and all(len(r["input_ids"]) <= 8 for r in rows)
-    assert [im for r in rows for im in r["images"]] == ["a", "b"]
+    carried = [im for r in rows for im in r["images"]]  # an image may come again whole, as a window's context
+    assert [im for k, im in enumerate(carried) if k == 0 or carried[k - 1] != im] == ["a", "b"]
     for r in rows:
         assert len(chunker.find_image_spans(np.asarray(r["input_ids"]), spec)) == len(r["images"])
 
@@ -230,7 +290,10 @@ def test_a_qwen_video_is_one_span_between_images(processors, family, grid):
     assert spans.kinds.tolist() == [0, 1, 0]
     assert spans.counts.tolist() == [2, video.count(spec.video_token_id), 2]
     assert (spans.starts[1], spans.ends[1]) == (len(text) + 4, len(text) + 4 + len(video))
-    splitter = chunker.WindowSplitter(processor, max_length=len(video) + 2, prefix="none")
+    splitter = chunker.WindowSplitter(processor, max_length=len(video) + 2, prefix="none", train_on="all")
     rows = splitter.split_example({"input_ids": ids, "images": ["a", "b"], "videos": ["v"]}, index=0)
     holding = [r for r in rows if list(r["videos"])]
-    assert len(holding) == 1 and chunker.find_image_spans(np.asarray(holding[0]["input_ids"]), spec).kinds.tolist().count(1) == 1
+    assert holding, "the video must land in a window"
+    for r in holding:  # as new tokens, or whole as the context a supervised token after it needs
+        assert list(r["videos"]) == ["v"]
+        assert chunker.find_image_spans(np.asarray(r["input_ids"]), spec).kinds.tolist().count(1) == 1

@@ -9,7 +9,7 @@ from conversations import BOS, CLOSE, IGNORE, IMG, OPEN, conversations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chunker import ChunkerError, ImageSpanSpec, WindowSplitter
+from chunker import ChunkerError, ImageSpanSpec, SplitStats, WindowSplitter
 from chunker.fast import split_arrow_batch
 
 KINDS = ("bracket", "run", "terminated_run", "tiles")
@@ -74,7 +74,7 @@ def test_arrow_path_windows_errors_and_stats_equal_row_path(kind, data):
     # the types `datasets` gives the row path's columns when it writes them
     for name, value_type in (("input_ids", pa.int32()), ("labels", pa.int64()), ("attention_mask", pa.int8())):
         assert table.schema.field(name).type == pa.list_(value_type)
-    assert slow.stats.as_dict() == fast.stats.as_dict()
+    assert SplitStats.from_windows(got) == SplitStats.from_windows(expected)
 
 
 def _gemma_like(n_rows, seed=0, bad=()):
@@ -120,9 +120,7 @@ def test_dataset_map_takes_arrow_path_and_matches_rows():
     want = ds.map(lambda b, i: slow(dict(b), i), **kw)
     assert got.to_list() == want.to_list()
     assert got.features == want.features
-    assert fast.stats.as_dict() == slow.stats.as_dict()
-    assert fast.stats.skipped == {"SpanError": 2}
-    fast.reset_stats()
+    assert SplitStats.from_windows(got).skipped == {"SpanError": 2}
     arrow = ds.with_format("arrow").map(fast, **kw)
     assert arrow.to_list() == want.to_list()
     assert isinstance(fast(ds.with_format("arrow")[:8], list(range(8))), pa.Table)
@@ -169,15 +167,20 @@ def test_ineligible_batches_take_the_row_path():
     assert split_arrow_batch(splitter, pa.table({"messages": [[{"role": "user", "content": "hi"}]]})) is None
 
 
-def test_fast_path_counts_indices_on_without_with_indices():
-    """Without `with_indices`, source_index counts on across batches as in the row path."""
+def test_without_indices_the_splitter_refuses_by_name_and_reads_an_id_column():
+    """Without `with_indices` a map function cannot know where its batch lies (num_proc shards the data): the
+    splitter refuses by name on both paths; its twin, a batch with an integer `id` column, takes the ids."""
+    from chunker import ConfigError
+
     rows = _gemma_like(6, seed=5)
-    table = pa.Table.from_pylist(rows)
     splitter = WindowSplitter(spec=SPEC, max_length=24)
-    first = split_arrow_batch(splitter, table.slice(0, 3))
-    second = split_arrow_batch(splitter, table.slice(3, 3))
-    assert sorted(set(first.column("source_index").to_pylist())) == [0, 1, 2]
-    assert sorted(set(second.column("source_index").to_pylist())) == [3, 4, 5]
+    with pytest.raises(ConfigError, match="with_indices=True"):
+        split_arrow_batch(splitter, pa.Table.from_pylist(rows[3:]))
+    with pytest.raises(ConfigError, match="with_indices=True"):
+        splitter({k: [r[k] for r in rows] for k in rows[0]})
+    with_ids = [{**r, "id": 100 + i} for i, r in enumerate(rows)]
+    table = split_arrow_batch(splitter, pa.Table.from_pylist(with_ids[3:]))
+    assert sorted(set(table.column("source_index").to_pylist())) == [103, 104, 105]
 
 
 def test_fast_path_raises_the_row_error():
@@ -192,14 +195,3 @@ def test_fast_path_raises_the_row_error():
     assert "row 2" in str(fast.value)
 
 
-def test_regular_rows_skip_the_exact_path_and_irregular_ones_take_it():
-    """Whole-batch span finding covers regular rows (no per-row pass over tokens); an unclosed image, labels that
-    disagree with the ids and an empty row send just those rows to the exact per-row calls."""
-    from chunker.fast import _batch_facts, _flat_columns
-
-    rows = _gemma_like(8, bad=(1,))
-    rows[4]["labels"][-1] = rows[4]["input_ids"][-1] + 1
-    rows[6] = {"input_ids": [], "labels": [], "images": []}
-    splitter = WindowSplitter(spec=SPEC, max_length=24)
-    facts = _batch_facts(splitter, _flat_columns(pa.Table.from_pylist(rows)))
-    assert np.flatnonzero(facts["exact"]).tolist() == [1, 4, 6]

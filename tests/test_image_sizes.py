@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chunker import ImageSpanSpec, WindowSplitter
+from chunker import ImageSpanSpec, SplitStats, WindowSplitter
 from chunker.errors import ConfigError, ImageCountError, ImageDecodeError
-from chunker.families import image_hw, size_expander, spec_from_processor
+from chunker.families import adapter_for, image_hw, size_expander, spec_from_processor
 from chunker.testing import build_processor
 
 # (height, width): tall, wide, square, tiny, larger than every tile grid, odd sizes
@@ -93,12 +93,12 @@ def test_sizes_give_the_windows_of_pixels(case):
 def test_pan_and_scan_crops_are_counted_from_sizes():
     """Gemma 3 with pan-and-scan: wide and tall images get crops from their sizes alone, as the processor does."""
     processor, kwargs = processor_of("gemma3_pan_and_scan")
-    expand = size_expander(processor, spec_from_processor(processor), kwargs)
+    expand = size_expander(processor, adapter_for(processor), kwargs)
     images = [Image.new("RGB", (w, h)) for h, w in [(600, 1300), (300, 300), (1200, 500)]]
     text = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}] * 3 + [{"type": "text", "text": "hi"}]}], tokenize=False
     )
-    expanded, tensors = expand(text, images)
+    expanded, _, tensors = expand(text, images)
     assert tensors["num_crops"].tolist() == [2, 0, 2]
     want = processor(text=[text], images=[images], return_tensors="np", add_special_tokens=False, **kwargs)
     got = processor.tokenizer(expanded, add_special_tokens=False)["input_ids"]
@@ -144,10 +144,11 @@ def test_sizes_through_dataset_map_with_image_paths(tmp_path):
     assert len(out["sizes"]) == len(out["pixels"]) > len(ds)
     for key in ("input_ids", "labels", "attention_mask", "mm_token_type_ids", "source_index", "window_index"):
         assert out["sizes"][key] == out["pixels"][key], key
-    # "pixels" windows hold the decoded PIL images, which datasets writes as {"path", "bytes"} (path only)
-    decoded = [[im["path"] for im in images] for images in out["pixels"]["images"]]
-    assert out["sizes"]["images"] == decoded
-    assert sum(len(images) for images in decoded) >= sum(len(r["images"]) for r in records)
+    # both modes keep each image as the row gave it: its path
+    assert out["sizes"]["images"] == out["pixels"]["images"]
+    carried = out["pixels"]["images"]
+    assert all(isinstance(p, str) for images in carried for p in images)
+    assert sum(len(images) for images in carried) >= sum(len(r["images"]) for r in records)
 
 
 def test_sizes_read_headers_only(tmp_path):
@@ -179,7 +180,7 @@ def test_unreadable_image_is_an_image_decode_error_in_both_modes():
             WindowSplitter(processor, max_length=96, image_tokens_from=mode).split_example(row, index=4)
         skipping = WindowSplitter(processor, max_length=96, image_tokens_from=mode, on_error="skip")
         out = skipping({"messages": [row["messages"]], "images": [row["images"]]}, [4])
-        assert out["input_ids"] == [] and skipping.stats.skipped == {"ImageDecodeError": 1}
+        assert out["num_windows"] == [0] and SplitStats.from_windows(out).skipped == {"ImageDecodeError": 1}
 
 
 def test_placeholder_count_mismatch_is_an_image_count_error():

@@ -7,19 +7,36 @@ The expected answers come from `tests/conversations.py`, which records them whil
 
 A window row does not say where it came from, so `explain` finds every way to read the rows as
 "prefix + contiguous range", chained so that the new-token ranges tile the conversation; an invariant holds
-when it holds under some reading (text ids are unique, so there is almost always exactly one).
+when it holds under some reading. Text ids are unique, but placeholders and turn markers are not: a run of
+back-to-back bracketless images (LLaVA) is one long run of the same id, and small windows inside it read
+in many ways. So when no reading among the first few passes, the search is redone keeping only readings
+whose every window passes the check's per-window part, and the one reading that holds cannot be crowded out.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conversations import IGNORE, KINDS, conversations, plan_inputs
+from conversations import (
+    BOS,
+    EOT,
+    IGNORE,
+    IMG,
+    INSTRUCTION,
+    KINDS,
+    NL,
+    RESPONSE,
+    Conversation,
+    Item,
+    conversations,
+    plan_inputs,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chunker import OversizeSpanError, WindowSplitter, plan_windows
+from chunker import OversizeSpanError, SplitStats, WindowSplitter, plan_windows
 from chunker.spans import Spans
+from chunker.spec import ImageSpanSpec
 
 kinds = pytest.mark.parametrize("kind", KINDS)
 
@@ -45,8 +62,11 @@ def split(conv, **kw):
         return exc
 
 
-def explain(windows, ids, limit=8):
-    """Every reading of `windows` as (prefix_len, context_start, start, end) that tiles `ids` (up to `limit`)."""
+def explain(windows, ids, limit=8, keep=None):
+    """Every reading of `windows` as (prefix_len, context_start, start, end) that tiles `ids` (up to `limit`).
+
+    `keep(k, reading) -> bool`, when given, drops a reading of window k before the search goes on from it.
+    """
     ids = np.asarray(ids, dtype=np.int64)
     wins = [np.asarray(w, dtype=np.int64) for w in windows]
     n = len(ids)
@@ -80,7 +100,7 @@ def explain(windows, ids, limit=8):
                 found.append(list(acc))
             return
         for pre, cs, end in candidates(k, start):
-            if end > start:
+            if end > start and (keep is None or keep(k, (pre, cs, start, end))):
                 walk(k + 1, end, acc + [(pre, cs, start, end)])
         if len(found) == before:
             dead.add((k, start))
@@ -120,14 +140,29 @@ def check_oversize_error(conv, exc, max_length):
     assert "max_length" in str(exc) and "on_oversize='skip'" in str(exc), str(exc)
 
 
+def per_window(check):
+    """Mark `check` as judging each window by itself: its `window(conv, row, reading)` is `check` on that window."""
+    check.window = lambda conv, row, reading: check(conv, [row], [reading])
+    return check
+
+
 def holds_under_some_reading(conv, rows, check):
-    """Run `check(conv, rows, chain) -> list of failures` over the readings; pass when one has none."""
-    chains = explain([r["input_ids"] for r in rows], conv.ids)
+    """Run `check(conv, rows, chain) -> list of failures` over the readings; pass when one has none.
+
+    When none of the first readings passes, search again keeping only readings whose windows all pass
+    `check.window(conv, row, reading)` (failures a window shows by itself, so never a reading that would
+    pass): runs of one placeholder id make more readings than `explain` returns, the good one maybe not first.
+    """
+    ids = [r["input_ids"] for r in rows]
+    chains = explain(ids, conv.ids)
     assert chains, (
         "invariant 4: the window rows are not prefix + contiguous ranges that tile the conversation: "
         f"{[len(r['input_ids']) for r in rows]} tokens per window, {conv.n} in the row"
     )
     failures = [check(conv, rows, chain) for chain in chains]
+    if all(failures):
+        keep = lambda k, reading: not check.window(conv, rows[k], reading)
+        failures = [check(conv, rows, chain) for chain in explain(ids, conv.ids, keep=keep)] or failures
     assert any(not f for f in failures), failures[0][:5]
 
 
@@ -149,6 +184,7 @@ def media_positions(conv) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- invariant 1
 
 
+@per_window
 def _lengths(conv, rows, chain):
     out = []
     for k, (r, _) in enumerate(zip(rows, chain)):
@@ -175,6 +211,7 @@ def test_inv1_every_window_has_at_most_max_length_tokens(kind, data):
 # ---------------------------------------------------------------------------------------------- invariant 2
 
 
+@per_window
 def _no_cut(conv, rows, chain):
     out = []
     for k, (pre, cs, start, end) in enumerate(chain):
@@ -198,6 +235,7 @@ def test_inv2_no_window_starts_or_ends_inside_a_media_span(kind, data):
 # ---------------------------------------------------------------------------------------------- invariant 3
 
 
+@per_window
 def _media_agree(conv, rows, chain):
     out = []
     for k, (r, (pre, cs, _, end)) in enumerate(zip(rows, chain)):
@@ -250,6 +288,15 @@ def _partition(conv, rows, chain):
     return out
 
 
+def _partition_window(conv, row, reading):
+    """The failures of `_partition` that one window shows by itself (the search already tiles [0, n))."""
+    pre, cs, start, end = reading
+    return [] if pre <= cs <= start < end else [f"prefix {pre}, context {cs}, new tokens [{start}, {end})"]
+
+
+_partition.window = _partition_window
+
+
 @kinds
 @given(data=st.data())
 def test_inv4_new_token_ranges_partition_the_conversation(kind, data):
@@ -264,27 +311,42 @@ def test_inv4_new_token_ranges_partition_the_conversation(kind, data):
 # ---------------------------------------------------------------------------------------------- invariant 5
 
 
-def _trained_positions(conv, rows, chain):
-    """(failures, Counter of trained positions) of the splitter's rows under one reading."""
-    out, trained = [], np.zeros(conv.n, dtype=np.int64)
-    media = media_positions(conv)
-    for k, (r, (pre, cs, start, end)) in enumerate(zip(rows, chain)):
-        labels = np.asarray(r["labels"], dtype=np.int64)
-        pos = positions(pre, cs, end)
-        new = pre + start - cs
-        if (labels[:new] != IGNORE).any():
-            out.append(f"window {k}: a prefix or context position carries loss")
-        if (labels[media[pos]] != IGNORE).any():
-            out.append(f"window {k}: a media position carries loss")
-        if not np.array_equal(np.asarray(r["attention_mask"]), np.ones(len(pos), dtype=np.int64)):
-            out.append(f"window {k}: attention_mask is not all ones (padding belongs to the collator)")
-        local = np.arange(len(pos))
-        live = (local >= 1) & (labels != IGNORE)
-        if (labels[live] != conv.ids[pos[live]]).any():
-            out.append(f"window {k}: a trained label is not the token at its position")
-        np.add.at(trained, pos[live], 1)
+def _window_loss(conv, r, reading, media):
+    """(failures, positions it trains) of one window row read as (prefix_len, context_start, start, end)."""
+    pre, cs, start, end = reading
+    out = []
+    labels = np.asarray(r["labels"], dtype=np.int64)
+    pos = positions(pre, cs, end)
+    new = pre + start - cs
+    if (labels[:new] != IGNORE).any():
+        out.append("a prefix or context position carries loss")
+    if (labels[media[pos]] != IGNORE).any():
+        out.append("a media position carries loss")
+    if not np.array_equal(np.asarray(r["attention_mask"]), np.ones(len(pos), dtype=np.int64)):
+        out.append("attention_mask is not all ones (padding belongs to the collator)")
+    local = np.arange(len(pos))
+    live = (local >= 1) & (labels != IGNORE)
+    if (labels[live] != conv.ids[pos[live]]).any():
+        out.append("a trained label is not the token at its position")
+    return out, pos[live]
+
+
+def _supervised(conv) -> np.ndarray:
+    """Positions that must be trained: supervised in the conversation, and not position 0 (labels shift)."""
     want = conv.expected_mask.copy()
     want[0] = False
+    return want
+
+
+def _trained_positions(conv, rows, chain):
+    """Failures of invariant 5 of the splitter's rows under one reading."""
+    out, trained = [], np.zeros(conv.n, dtype=np.int64)
+    media = media_positions(conv)
+    for k, (r, reading) in enumerate(zip(rows, chain)):
+        faults, pos = _window_loss(conv, r, reading, media)
+        out += [f"window {k}: {f}" for f in faults]
+        np.add.at(trained, pos, 1)
+    want = _supervised(conv)
     lost, twice = np.flatnonzero(want & (trained == 0)), np.flatnonzero(trained > 1)
     extra = np.flatnonzero(~want & (trained > 0))
     if len(lost):
@@ -294,6 +356,22 @@ def _trained_positions(conv, rows, chain):
     if len(extra):
         out.append(f"positions {extra[:8].tolist()} are trained but not supervised in the conversation")
     return out
+
+
+def _trained_in_window(conv, row, reading):
+    """The failures of `_trained_positions` that one window shows by itself: its own faults, a position it trains
+    that is not supervised, or a supervised one among its new tokens that it does not train (no other window
+    can: context and prefix never carry loss)."""
+    out, pos = _window_loss(conv, row, reading, media_positions(conv))
+    trained = np.zeros(conv.n, dtype=bool)
+    trained[pos] = True
+    want, (_, _, start, end) = _supervised(conv), reading
+    if (trained & ~want).any() or (want[start:end] & ~trained[start:end]).any():
+        out.append(f"the positions it trains are not the supervised ones of [{start}, {end})")
+    return out
+
+
+_trained_positions.window = _trained_in_window
 
 
 @kinds
@@ -317,6 +395,7 @@ def test_inv5_every_supervised_token_is_trained_exactly_once(kind, data):
 # ---------------------------------------------------------------------------------------------- invariant 6
 
 
+@per_window
 def _labels_kept(conv, rows, chain):
     out = []
     want = conv.expected_labels
@@ -401,13 +480,14 @@ def test_inv8_an_oversize_span_is_never_cut_but_refused_or_skipped_and_counted(k
         check_oversize_error(conv, rows, conv.max_length)
         assert str(rows).startswith("row 7: ")
     else:
-        holds_under_some_reading(conv, rows, lambda c, r, ch: _no_cut(c, r, ch) + _lengths(c, r, ch))
+        holds_under_some_reading(conv, rows, per_window(lambda c, r, ch: _no_cut(c, r, ch) + _lengths(c, r, ch)))
     skipper = make_splitter(conv, on_oversize="skip")
     batch = {key: [value] for key, value in conv.row().items()}
     out = skipper(batch, indices=[7])
-    stats = skipper.stats
+    stats = SplitStats.from_windows(out)
     if isinstance(rows, OversizeSpanError):
-        assert out["input_ids"] == [] and stats.skipped == {"OversizeSpanError": 1} and stats.windows == 0
+        assert out["num_windows"] == [0] and list(out["input_ids"][0]) == [] and out["source_index"] == [7]
+        assert stats.skipped == {"OversizeSpanError": 1} and stats.windows == 0
         assert stats.examples[0]["row"] == 7 and "max_length" in stats.examples[0]["reason"]
     else:
         assert len(out["input_ids"]) == len(rows) == stats.windows and not stats.skipped
@@ -428,3 +508,41 @@ def test_loss_mask_from_turn_markers_matches_the_generated_assistant_turns(kind,
     got = loss_mask(conv.ids, reference_spans(conv), instruction_ids=conv.spec.instruction_ids,
                     response_ids=conv.spec.response_ids)
     assert np.array_equal(got, conv.marker_supervised), np.flatnonzero(got != conv.marker_supervised)[:8]
+
+
+# ---------------------------------------------------------------------------------------------- regressions
+
+
+def _back_to_back_llava_images() -> Conversation:
+    """Long profile, kind 'run': four 2-token LLaVA images back to back (one run of 8 identical placeholder ids)
+    after `BOS [user]`, then two empty answers; labels on the two end-of-turn tokens (17 and 27)."""
+    spec = ImageSpanSpec(family="llava", kind="run", image_token_id=IMG, tokens_per_image=2, bos_id=BOS,
+                         instruction_ids=INSTRUCTION, response_ids=RESPONSE)
+    ids = np.array([BOS, *INSTRUCTION, *[IMG] * 8, EOT, NL, *RESPONSE, EOT, NL, *INSTRUCTION, EOT, NL, *RESPONSE,
+                    EOT, NL, *INSTRUCTION], dtype=np.int64)
+    supervised = np.isin(np.arange(len(ids)), [17, 27])
+    return Conversation(
+        family="llava", kind="run", spec=spec, ids=ids, supervised=supervised,
+        marker_supervised=np.isin(np.arange(len(ids)), [17, 18, 27, 28]), type_ids=(ids == IMG).astype(np.int64),
+        items=[Item(s, s + 2, 0, 2, f"image{k}") for k, s in enumerate(range(4, 12, 2))],
+        turn_starts=np.array([1, 14, 19, 24, 29], dtype=np.int64), has_bos=True, system_end=None, media_prefix=0,
+        tensor_keys=("pixel_values",), max_length=5, overlap=2, prefix="bos", train_from="labels",
+    )
+
+
+def test_windows_inside_a_run_of_identical_placeholders_are_read_the_way_they_were_cut():
+    """Regression: the rows were right, the reading was not. Windows of 1 + 4 tokens inside the run
+    `20 20 20 20 20 20 20 20` read in many ways; the first ones `explain` returns put window 3 at context 5,
+    end 9 (inside image [8, 10)), and invariant 2 fails under them. Each check must find the reading that holds."""
+    conv = _back_to_back_llava_images()
+    plan = plan_windows(conv.n, reference_spans(conv), max_length=5, overlap=2, prefix_len=1,
+                        boundaries=conv.turn_starts, loss_mask=conv.supervised)
+    cut = [(0, 0, 0, 4)] + [(1, s - 2, s, s + 2) for s in range(4, 32, 2)]
+    assert [(1 if k else 0, w.context_start, w.start, w.end) for k, w in enumerate(plan)] == cut
+    rows = split(conv)
+    assert [r["input_ids"].tolist() for r in rows] == [conv.ids[:4].tolist()] + [
+        [BOS, *conv.ids[cs:end].tolist()] for _, cs, _, end in cut[1:]]
+    readings = explain([r["input_ids"] for r in rows], conv.ids)
+    assert cut not in readings and all(_no_cut(conv, rows, r) for r in readings)  # the case still needs the search
+    for check in (_lengths, _no_cut, _media_agree, _partition, _trained_positions, _labels_kept):
+        holds_under_some_reading(conv, rows, check)

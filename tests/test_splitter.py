@@ -24,4 +24,5 @@ def test_drop_unsupervised_leaves_out_windows_without_loss_and_counts_them():
     np.testing.assert_array_equal(rows[0]["input_ids"], kept[-1]["input_ids"])
     ds = datasets.Dataset.from_list([row, row])
     out = ds.map(drop, batched=True, with_indices=True, remove_columns=ds.column_names)
-    assert len(out) == 2 and drop.stats.unsupervised_windows == 4 and drop.stats.windows == 2
+    stats = chunker.SplitStats.from_windows(out)
+    assert len(out) == 2 and stats.unsupervised_windows == 4 and stats.windows == 2 and out["dropped_windows"] == [2, 2]
