@@ -71,10 +71,11 @@ def find_image_spans(input_ids, spec: ImageSpanSpec, *, item_counts=None, row=No
     if ids.ndim != 1:
         raise SpanError(f"input_ids must be 1-D, got shape {ids.shape}", row=row)
     ids = ids.astype(np.int64, copy=False)
+    at = _Positions(ids)
     finder = _FINDERS[spec.kind]
-    starts, ends = finder(ids, spec, row)
-    spans = _with_counts(ids, spec, starts, ends)
-    _check_no_stray(ids, spec, spans, row)
+    starts, ends = finder(ids, spec, row, at)
+    spans = _with_counts(spec, starts, ends, at)
+    _check_no_stray(ids, spec, spans, row, at)
     if item_counts is not None and spec.kind == "run" and len(spans):
         spans = split_runs(spans, item_counts, row=row)
     return spans
@@ -138,14 +139,22 @@ def media_mask(n: int, spans: Spans) -> np.ndarray:
     return mask
 
 
-def _positions(ids, values) -> np.ndarray:
-    """Sorted positions of any of `values` in `ids` (one comparison pass per value; the rest works on these)."""
-    if not len(values):
-        return np.zeros(0, dtype=np.int64)
-    hit = ids == values[0]
-    for v in values[1:]:
-        hit |= ids == v
-    return np.flatnonzero(hit)
+class _Positions:
+    """Positions of each structural id in one row, found once (one pass per id) and shared by the finder, the
+    counts and the stray check."""
+
+    def __init__(self, ids):
+        self.ids, self.found = ids, {}
+
+    def of(self, values) -> np.ndarray:
+        parts = []
+        for v in values:
+            if v not in self.found:
+                self.found[v] = np.flatnonzero(self.ids == v)
+            parts.append(self.found[v])
+        if not parts:
+            return np.zeros(0, dtype=np.int64)
+        return parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
 
 
 def _isin(ids, values) -> np.ndarray:
@@ -157,9 +166,9 @@ def _isin(ids, values) -> np.ndarray:
     return out
 
 
-def _bracket(ids, spec, row):
+def _bracket(ids, spec, row, at):
     # brackets are rare among tokens: find them once, then walk the depth over the brackets alone
-    opens, closes = _positions(ids, spec.open_ids), _positions(ids, spec.close_ids)
+    opens, closes = at.of(spec.open_ids), at.of(spec.close_ids)
     pos = np.concatenate([opens, closes])
     step = np.concatenate([np.ones(len(opens), np.int64), -np.ones(len(closes), np.int64)])
     order = np.argsort(pos, kind="stable")
@@ -185,8 +194,8 @@ def _bracket(ids, spec, row):
     return starts, ends
 
 
-def _run(ids, spec, row):
-    ph = _positions(ids, spec.media_ids)
+def _run(ids, spec, row, at):
+    ph = at.of(spec.media_ids)
     first = np.ones(len(ph), dtype=bool)
     first[1:] = ph[1:] != ph[:-1] + 1
     last = np.ones(len(ph), dtype=bool)
@@ -217,7 +226,7 @@ def _ranks(k) -> np.ndarray:
     return np.arange(total) - offsets
 
 
-def _terminated_run(ids, spec, row):
+def _terminated_run(ids, spec, row, at=None):
     end = ids == spec.end_id
     inside = _isin(ids, (*spec.body_ids, *spec.media_ids)) | end
     before = np.concatenate([[False], inside[:-1]])
@@ -235,7 +244,7 @@ def _terminated_run(ids, spec, row):
     return starts, ends
 
 
-def _tiles(ids, spec, row):
+def _tiles(ids, spec, row, at=None):
     fake = spec.open_ids[0]
     is_fake = ids == fake
     nxt = np.concatenate([ids[1:], [-1]])
@@ -273,22 +282,22 @@ def _covered(points, starts, ends) -> np.ndarray:
 _FINDERS = {"bracket": _bracket, "run": _run, "terminated_run": _terminated_run, "tiles": _tiles}
 
 
-def _with_counts(ids, spec, starts, ends) -> Spans:
+def _with_counts(spec, starts, ends, at) -> Spans:
     starts = np.asarray(starts, dtype=np.int64)
     ends = np.asarray(ends, dtype=np.int64)
-    image = _positions(ids, (spec.image_token_id,))
+    image = at.of((spec.image_token_id,))
     counts = np.searchsorted(image, ends) - np.searchsorted(image, starts)
     kinds = np.zeros(len(starts), dtype=np.int64)
     if spec.video_token_id is not None:
-        video = _positions(ids, (spec.video_token_id,))
+        video = at.of((spec.video_token_id,))
         videos = np.searchsorted(video, ends) - np.searchsorted(video, starts)
         kinds = (videos > 0).astype(np.int64)
         counts = counts + videos
     return Spans(starts, ends, kinds, counts)
 
 
-def _check_no_stray(ids, spec, spans, row):
-    structural = _positions(ids, spec.structural_ids)
+def _check_no_stray(ids, spec, spans, row, at):
+    structural = at.of(spec.structural_ids)
     k = np.searchsorted(spans.starts, structural, side="right") - 1
     inside = (k >= 0) & (structural < spans.ends[np.maximum(k, 0)]) if len(spans) else np.zeros(len(structural), bool)
     stray = structural[~inside]
