@@ -203,12 +203,49 @@ def _row_values(cols, name, i):
     return flat[int(offsets[i]):int(offsets[i + 1])]
 
 
+def batch_spans(spec, flat, offsets):
+    """The spans of every row of a batch from ONE `find_image_spans` call over its flat ids (rows joined by a
+    separator no grammar knows, so no run or tile group can join two rows): `row -> Spans`, or None when
+    the batch is irregular (a span would cross rows, or the grammar finds an error) and each row must be
+    found on its own, where it raises its own error.
+
+    Example:
+        >>> from chunker import ImageSpanSpec
+        >>> spec = ImageSpanSpec(family="custom", kind="bracket", image_token_id=7, open_ids=(5,), close_ids=(6,))
+        >>> rows = batch_spans(spec, np.array([1, 5, 7, 6, 5, 7, 7, 6, 2]), np.array([0, 4, 9]))
+        >>> rows(0).starts.tolist(), rows(1).starts.tolist(), rows(1).counts.tolist()
+        ([1], [0], [2])
+    """
+    from .spans import Spans, find_image_spans
+
+    n_rows = len(offsets) - 1
+    if n_rows < 2:
+        return None
+    joined = np.insert(np.asarray(flat, dtype=np.int64), offsets[1:-1], -1)  # row r starts at offsets[r] + r
+    try:
+        spans = find_image_spans(joined, spec)
+    except ChunkerError:
+        return None
+    starts = np.asarray(offsets[:-1], dtype=np.int64) + np.arange(n_rows)
+    row = np.searchsorted(starts, spans.starts, side="right") - 1
+    if len(spans) and (spans.ends > starts[row] + (offsets[row + 1] - offsets[row])).any():
+        return None
+    first = np.searchsorted(row, np.arange(n_rows + 1), side="left")
+
+    def of(r: int) -> Spans:
+        a, b = int(first[r]), int(first[r + 1])
+        return Spans(spans.starts[a:b] - starts[r], spans.ends[a:b] - starts[r], spans.kinds[a:b], spans.counts[a:b])
+
+    return of
+
+
 def _plan_rows(splitter, cols, indices):
     """Per row: its `RowPlan` (from zero-copy views, by `splitter.analyse`), or the error it was skipped for."""
     from .splitter import Parsed, _as_ids
 
     _, offsets = cols["input_ids"]
     mask_col = next((c for c in MASK_COLUMNS if c in cols), None)
+    found = batch_spans(splitter.spec, *cols["input_ids"])
     plans = []
     for i in range(len(offsets) - 1):
         row = int(indices[i])
@@ -224,7 +261,8 @@ def _plan_rows(splitter, cols, indices):
             n_items = {name: int(cols[name][1][i + 1] - cols[name][1][i]) for name in ITEM_COLUMNS if name in cols}
             parsed = Parsed(ids, labels, None if mask is None else mask.astype(bool),
                             images=[None] * n_items["images"] if "images" in n_items else None,
-                            videos=[None] * n_items["videos"] if "videos" in n_items else None)
+                            videos=[None] * n_items["videos"] if "videos" in n_items else None,
+                            spans=None if found is None else found(i))
             plans.append((i, splitter.analyse(parsed, row)))
         except ChunkerError as exc:
             if not splitter.skips(exc):

@@ -297,10 +297,13 @@ def _with_counts(spec, starts, ends, at) -> Spans:
 
 
 def _check_no_stray(ids, spec, spans, row, at):
-    structural = at.of(spec.structural_ids)
-    k = np.searchsorted(spans.starts, structural, side="right") - 1
-    inside = (k >= 0) & (structural < spans.ends[np.maximum(k, 0)]) if len(spans) else np.zeros(len(structural), bool)
-    stray = structural[~inside]
+    stray = []
+    for value in spec.structural_ids:  # each id's positions are sorted already: no merge needed
+        pos = at.of((value,))
+        k = np.searchsorted(spans.starts, pos, side="right") - 1
+        inside = (k >= 0) & (pos < spans.ends[np.maximum(k, 0)]) if len(spans) else np.zeros(len(pos), bool)
+        stray.append(pos[~inside])
+    stray = np.sort(np.concatenate(stray)) if stray else np.zeros(0, np.int64)
     if len(stray):
         at = int(stray[0])
         raise SpanError(

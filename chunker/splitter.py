@@ -129,6 +129,8 @@ class Parsed:
         images, videos: the row's media items (None: the row has no such column).
         system_end: token position where the system turn ends (conversations), or None.
         from_messages: the row was a conversation.
+        spans: the row's spans when a caller found them already (the Arrow path finds a whole batch's at once
+            with the same `find_image_spans`), else None.
     """
 
     ids: np.ndarray
@@ -139,6 +141,7 @@ class Parsed:
     videos: list | None = None
     system_end: int | None = None
     from_messages: bool = False
+    spans: Spans | None = None
 
 
 @dataclass
@@ -459,7 +462,7 @@ class WindowSplitter:
         spec, ids = self.spec, p.ids
         if len(ids) == 0:
             raise EmptyConversationError("input_ids is empty: drop the row", row=row)
-        spans = find_image_spans(ids, spec, row=row)
+        spans = p.spans if p.spans is not None else find_image_spans(ids, spec, row=row)
         if self.adapter is not None:
             spans = self.adapter.items(spans, p.tensors, p.images, row=row)
         n_images = None if p.images is None or (p.from_messages and not p.images) else len(p.images)
