@@ -245,12 +245,17 @@ def _plan_rows(splitter, cols, indices):
 
     _, offsets = cols["input_ids"]
     mask_col = next((c for c in MASK_COLUMNS if c in cols), None)
+    flat = cols["input_ids"][0]
     found = batch_spans(splitter.spec, *cols["input_ids"])
+    # ids are checked once for the batch; a batch with a bad id checks row by row, which names the row
+    checked = np.issubdtype(flat.dtype, np.integer) and (not len(flat) or (
+        int(flat.min()) >= 0 and (splitter.vocab_size is None or int(flat.max()) < splitter.vocab_size)))
     plans = []
     for i in range(len(offsets) - 1):
         row = int(indices[i])
         try:
-            ids = _as_ids(_row_values(cols, "input_ids", i), splitter.vocab_size, row)
+            ids = _row_values(cols, "input_ids", i) if checked else _as_ids(
+                _row_values(cols, "input_ids", i), splitter.vocab_size, row)
             labels = _row_values(cols, "labels", i)
             mask = _row_values(cols, mask_col, i)
             if mask is not None and len(mask) != len(ids):

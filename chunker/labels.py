@@ -85,8 +85,8 @@ def mask_from_labels(ids, labels, spans: Spans, *, row=None) -> np.ndarray:
     Raises:
         RowFormatError: labels of another length than input_ids, or a supervised label that is not the token.
     """
-    ids = np.asarray(ids, dtype=np.int64)
-    labels = np.asarray(labels, dtype=np.int64)
+    ids = np.asarray(ids)  # compared as they are: any integer widths compare exactly, without a widening copy
+    labels = np.asarray(labels)
     if labels.shape != ids.shape:
         raise RowFormatError(
             f"labels has {labels.shape[0] if labels.ndim else 0} entries but input_ids has {len(ids)}: give one "
@@ -94,15 +94,17 @@ def mask_from_labels(ids, labels, spans: Spans, *, row=None) -> np.ndarray:
             row=row,
         )
     mask = labels != IGNORE
-    wrong = np.flatnonzero(mask & (labels != ids))
-    if len(wrong):
-        at = int(wrong[0])
+    wrong = mask & (labels != ids)
+    if wrong.any():
+        at = int(np.argmax(wrong))
         raise RowFormatError(
             f"labels[{at}]={int(labels[at])} but input_ids[{at}]={int(ids[at])}: labels must be the unshifted "
             "input ids (or -100); the model shifts them itself",
             row=row,
         )
-    return mask & ~media_mask(len(ids), spans)
+    for s, e in zip(spans.starts.tolist(), spans.ends.tolist()):  # media never carry loss (few spans: slices)
+        mask[s:e] = False
+    return mask
 
 
 def mask_edges(mask) -> np.ndarray:
