@@ -166,9 +166,10 @@ class ChunkingVisionDataCollator(UnslothVisionDataCollator):
             row = example.get("id", example.get("source_index")) if isinstance(example, dict) else None
             try:
                 rows.extend(self.splitter.split_example(full, index=row))
-            except OversizeSpanError:
+            except OversizeSpanError as exc:
                 if self.splitter.on_oversize != "skip":
                     raise
+                self._skip(exc)
         self._check_full_labels(full_labels)
         if not rows:
             raise EmptyBatchError(
@@ -182,6 +183,17 @@ class ChunkingVisionDataCollator(UnslothVisionDataCollator):
             if key in batch:
                 batch = self._cast_pixel_values_dtype_inplace(batch, key)
         return batch
+
+    def _skip(self, exc) -> None:
+        """Count an example skipped under on_oversize='skip' (`self.skipped`), warning once: never silent."""
+        import warnings
+        from collections import Counter
+
+        self.skipped = getattr(self, "skipped", None) or Counter()
+        if not self.skipped:
+            warnings.warn(f"ChunkingVisionDataCollator skipped an example ({exc}); `collator.skipped` counts every "
+                          "skip by reason. This warning is shown once.", stacklevel=3)
+        self.skipped[type(exc).__name__] += 1
 
     def _full_row(self, example) -> dict:
         """The whole conversation as the stock collator would see it untruncated: ids, labels, images."""

@@ -255,6 +255,8 @@ def test_oversize_image_raises_or_skips(unsloth):
     rows = unsloth_rows(2, seed=6)
     with pytest.raises(OversizeSpanError):
         ours_cls(model, processor, max_seq_length=12)(copy.deepcopy(rows))
-    with pytest.raises(EmptyBatchError):
-        ours_cls(model, processor, max_seq_length=12, on_oversize="skip")(copy.deepcopy(rows))
+    skipping = ours_cls(model, processor, max_seq_length=12, on_oversize="skip")
+    with pytest.raises(EmptyBatchError), pytest.warns(UserWarning, match="skipped an example"):
+        skipping(copy.deepcopy(rows))
+    assert skipping.skipped == {"OversizeSpanError": 2}  # counted, never silent
     assert issubclass(EmptyBatchError, ChunkerError)
