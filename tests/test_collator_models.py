@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from functools import cache
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -53,15 +55,26 @@ def test_every_window_trains_with_a_finite_loss(family):
     assert sum(len(w["images"]) for w in windows) == len(row["images"])
     collator = WindowCollator(processor, pad_to_multiple_of=8)
     model.train()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    reached = set()
     for w in windows:
         assert len(w["input_ids"]) <= max_length
         assert (np.asarray(w["labels"]) != -100).any(), "a window with nothing to learn has a NaN mean loss"
-        model.zero_grad()
+        optimizer.zero_grad()
         out = model(**collator([w]))
         assert torch.isfinite(out.loss)
         out.loss.backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)
+        reached |= {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().max() > 1e-6}
+        optimizer.step()
+    # training moved every parameter the loss reaches, in the text model, the projector and the vision tower (a
+    # finite loss alone proves little; parameters a family never uses, e.g. SigLIP's pooling head, get no gradient)
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])}
+    assert reached <= moved, sorted(reached - moved)[:5]
+    for part in ("vision|visual", "language_model|text_model", "projector|connector|mlp1|merger"):
+        assert any(re.search(part, name) for name in moved), f"no {part} parameter changed: {sorted(moved)[:8]}"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
