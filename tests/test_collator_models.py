@@ -10,9 +10,8 @@ silently in the model (features scattered into the wrong spans) and only our per
 
 from __future__ import annotations
 
-from functools import cache
-
 import re
+from functools import cache
 
 import numpy as np
 import pytest
