@@ -3,7 +3,6 @@ on_error='skip', a counted ledger row), and each has a working twin that differs
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from PIL import Image
 

@@ -88,7 +88,7 @@ def test_the_map_is_pure_same_fingerprint_and_a_cache_hit_keeps_the_accounting(p
     other = chunker.WindowSplitter(processor, max_length=257, on_error="skip")
     assert Hasher.hash(a) == Hasher.hash(b) != Hasher.hash(other)
     ds = datasets.Dataset.from_list(rows).flatten_indices(cache_file_name=str(tmp_path / "rows.arrow"))
-    kw = dict(batched=True, with_indices=True, remove_columns=ds.column_names)
+    kw = {"batched": True, "with_indices": True, "remove_columns": ds.column_names}
     before = Hasher.hash(a)
     first = ds.map(a, **kw)
     assert Hasher.hash(a) == before
