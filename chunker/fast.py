@@ -204,10 +204,9 @@ def _row_values(cols, name, i):
 
 
 def batch_spans(spec, flat, offsets):
-    """The spans of every row of a batch from ONE `find_image_spans` call over its flat ids (rows joined by a
-    separator no grammar knows, so no run or tile group can join two rows): `row -> Spans`, or None when
-    the batch is irregular (a span would cross rows, or the grammar finds an error) and each row must be
-    found on its own, where it raises its own error.
+    """The spans of every row of a batch from ONE `find_image_spans` call over its flat ids: `row -> Spans`, or
+    None when the batch is irregular (a span would join two rows, or the grammar finds an error) and each row
+    must be found on its own, where it raises its own error.
 
     Example:
         >>> from chunker import ImageSpanSpec
@@ -221,15 +220,14 @@ def batch_spans(spec, flat, offsets):
     n_rows = len(offsets) - 1
     if n_rows < 2:
         return None
-    joined = np.insert(np.asarray(flat, dtype=np.int64), offsets[1:-1], -1)  # row r starts at offsets[r] + r
     try:
-        spans = find_image_spans(joined, spec)
+        spans = find_image_spans(flat, spec)
     except ChunkerError:
         return None
-    starts = np.asarray(offsets[:-1], dtype=np.int64) + np.arange(n_rows)
+    starts = np.asarray(offsets[:-1], dtype=np.int64)
     row = np.searchsorted(starts, spans.starts, side="right") - 1
-    if len(spans) and (spans.ends > starts[row] + (offsets[row + 1] - offsets[row])).any():
-        return None
+    if len(spans) and (spans.ends > np.asarray(offsets, dtype=np.int64)[row + 1]).any():
+        return None  # a span would join two rows (a run across the boundary, an unclosed bracket): row by row
     first = np.searchsorted(row, np.arange(n_rows + 1), side="left")
 
     def of(r: int) -> Spans:

@@ -70,7 +70,8 @@ def find_image_spans(input_ids, spec: ImageSpanSpec, *, item_counts=None, row=No
     ids = np.asarray(input_ids)
     if ids.ndim != 1:
         raise SpanError(f"input_ids must be 1-D, got shape {ids.shape}", row=row)
-    ids = ids.astype(np.int64, copy=False)
+    if not np.issubdtype(ids.dtype, np.integer):  # integer ids of any width compare as they are: no copy
+        ids = ids.astype(np.int64)
     at = _Positions(ids)
     finder = _FINDERS[spec.kind]
     starts, ends = finder(ids, spec, row, at)
