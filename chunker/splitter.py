@@ -31,7 +31,16 @@ from .errors import (
     PrefixError,
     RowFormatError,
 )
-from .labels import IGNORE, find_marker, labels_from_mask, loss_mask, mask_edges, mask_from_labels, window_labels
+from .labels import (
+    IGNORE,
+    find_marker,
+    labels_from_mask,
+    loss_mask,
+    mask_edges,
+    mask_from_labels,
+    turn_boundaries,
+    window_labels,
+)
 from .media import TENSOR_STREAMS, check_counts, slice_plan, take_items
 from .plan import check_config, plan_windows
 from .spans import IMAGE, VIDEO, Spans, find_image_spans, media_mask
@@ -475,8 +484,7 @@ class WindowSplitter:
         prefix_len = self.prefix_length(p, spans, row)
         bounds = mask_edges(mask)
         if spec.instruction_ids or spec.response_ids:
-            marks = [find_marker(ids, m) for m in (spec.instruction_ids, spec.response_ids) if m]
-            bounds = np.union1d(bounds, np.concatenate(marks))
+            bounds = np.union1d(bounds, turn_boundaries(ids, spec.instruction_ids, spec.response_ids))
         wins = plan_windows(
             len(ids), spans, max_length=self.max_length, overlap=self.overlap, prefix_len=prefix_len,
             boundaries=bounds, loss_mask=mask, min_fill=self.min_fill, row=row,
