@@ -80,6 +80,7 @@ class ConversationEncoder:
                 f"{type(processor).__name__} has no chat template, so conversational rows cannot be rendered: set "
                 "processor.chat_template to the checkpoint's template, or pass pre-tokenized rows (input_ids + labels)"
             )
+        _check_text_kept(processor)
         self.processor = processor
         self.adapter = adapter
         self.train_on = train_on
@@ -210,6 +211,37 @@ class ConversationEncoder:
             "tokens cannot be traced to; pass instruction_part=/response_part= to mark answers by their turn "
             "markers, or on_error='skip'",
             row=row,
+        )
+
+
+def _check_text_kept(processor) -> None:
+    """Refuse a processor that rewrites the text it is given beyond expanding placeholders (PaliGemma moves
+    images first and puts BOS after them): the template's answer ranges could not be carried onto its tokens.
+
+    The processor's ids for a short conversation with one image must be its tokenizer's ids of the rendered
+    text with each placeholder replaced as the processor reports (`return_text_replacement_offsets`).
+
+    Raises:
+        ConfigError: they differ.
+    """
+    from PIL import Image
+
+    text = renderer(processor)([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]},
+                                {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}], False)
+    special = not _starts_with_bos(processor, text)
+    out = processor(text=[text], images=[[Image.new("RGB", (32, 32))]], add_special_tokens=special,
+                    return_text_replacement_offsets=True)
+    expanded, last = [], 0
+    for r in (out.get("text_replacement_offsets") or [[]])[0]:
+        expanded += [text[last:r["span"][0]], r["replacement"]]
+        last = r["span"][1]
+    expanded = "".join(expanded) + text[last:]
+    made = np.asarray(out["input_ids"]).reshape(-1).tolist()
+    if made != processor.tokenizer(expanded, add_special_tokens=special)["input_ids"]:
+        raise ConfigError(
+            f"{type(processor).__name__} rewrites the conversation text it is given beyond expanding image "
+            "placeholders, so the answers located in the rendered chat template cannot be carried onto its tokens: "
+            "pass pre-tokenized rows with labels (e.g. the processor's own labels from suffix=...)"
         )
 
 

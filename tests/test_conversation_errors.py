@@ -135,3 +135,17 @@ def test_prefix_system_that_fills_half_a_window_is_refused_not_silently_bos(qwen
     for w in rows[1:]:
         assert w["input_ids"][: len(system)].tolist() == system
         assert (w["labels"][: len(system)] == -100).all()
+
+
+def test_a_processor_that_rewrites_the_text_is_refused_for_conversations_not_mislabelled():
+    """PaliGemma's processor moves images first and puts BOS after them: character ranges located in the rendered
+    template would land one token off. Refused by name; its twin, pre-tokenized rows with the processor's own
+    labels (prompt + suffix), splits."""
+    processor = build_processor("paligemma")
+    row = {"messages": [user(IMAGE, text("describe")), answer()], "images": [picture()]}
+    with pytest.raises(chunker.ConfigError, match="PaliGemmaProcessor rewrites the conversation text"):
+        split(processor, row)
+    enc = processor(text=["describe"], images=[[picture()]], suffix=["a cat sits on a mat"], return_tensors="np")
+    rows = split(processor, {"input_ids": enc["input_ids"][0], "labels": enc["labels"][0], "images": [picture()]})
+    supervised = [t for r in rows for t, lab in zip(r["input_ids"][1:], r["labels"][1:]) if lab != -100]
+    assert processor.tokenizer.decode(supervised).startswith("a cat sits on a mat")
