@@ -686,8 +686,13 @@ def _as_columns(rows: list[dict], ledger_keys) -> dict:
 
 
 def _columns(windows, names) -> dict:
+    """The named columns of a split's output (a Dataset is read through its Arrow table, not row by row)."""
     if isinstance(windows, list):
         return {n: [w.get(n) for w in windows] if windows and n in windows[0] else None for n in names}
+    table = getattr(getattr(windows, "data", None), "table", None)
+    if table is not None and getattr(windows, "_indices", None) is None:
+        return {n: (table.column(n).to_pylist() if n == "skip_reason" else table.column(n).to_numpy())
+                if n in table.column_names else None for n in names}
     present = set(windows.column_names if hasattr(windows, "column_names") else windows)
     return {n: (list(windows[n]) if n in present else None) for n in names}
 
