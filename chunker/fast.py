@@ -23,8 +23,8 @@ import numpy as np
 from .errors import ChunkerError, RowFormatError
 from .labels import IGNORE
 from .media import TENSOR_STREAMS
+from .splitter import MASK_COLUMNS
 
-MASK_COLUMNS = ("assistant_masks", "assistant_mask")
 ITEM_COLUMNS = ("images", "videos")
 # The integer types `datasets` gives these columns when the row path's numpy rows are written
 # (datasets.arrow_writer.OptimizedTypedSequence); other token columns stay int64.
