@@ -54,14 +54,15 @@ def split_dataset(ds, splitter, *, index_column: str = INDEX_COLUMN, batch_size:
 
     Returns:
         `ray.data.Dataset` of window rows: input_ids, labels, attention_mask, the type-id column, images,
-        source_index, window_index, num_windows: the columns and values `Dataset.map(splitter)` makes.
+        source_index, window_index, num_windows, skip_reason: the columns and values `Dataset.map(splitter)`
+        makes, ledger rows of skipped rows included.
 
     Raises:
         ConfigError: `index_column` is not a column of `ds`.
 
     Notes:
-        `splitter.stats` sums the rows skipped by workers of this machine (local mode, one node); on a
-        cluster each node keeps its own counts.
+        A row skipped under on_error/on_oversize="skip" leaves its ledger row (`num_windows` 0) in the output,
+        so the counts travel with the data on any number of workers and nodes (`SplitStats.from_windows`).
 
     Example:
         >>> from chunker.sources import load_rows                                  # doctest: +SKIP

@@ -23,7 +23,7 @@ def window_features(ds, splitter, *, probe: int = 8):
     Args:
         ds: the `datasets.Dataset` the splitter will map.
         splitter: the `WindowSplitter`.
-        probe: how many leading rows to split (in memory, not counted in `splitter.stats`) to learn the
+        probe: how many leading rows to split in memory (not part of any map's output) to learn the
             other columns' types.
 
     Returns:
