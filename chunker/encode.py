@@ -26,7 +26,7 @@ from .errors import (
     RowFormatError,
     TemplateError,
 )
-from .template import answer_char_ranges, normalize_messages, renderer, token_mask
+from .template import answer_char_ranges, common_prefix_len, normalize_messages, renderer, token_mask
 
 
 @dataclass
@@ -37,7 +37,6 @@ class Encoded:
         ids: int64 token ids of the whole conversation.
         mask: bool per token, True where the answer text lies (media not yet removed); None when every
             token trains (`train_on="all"`) or the caller's turn markers decide.
-        boundaries: token positions where an answer starts or ends (preferred cut points).
         system_end: token position where the system turn ends (the `prefix="system"` prefix), or None.
         tensors: the processor's media tensors for the row (numpy), e.g. pixel_values, image_grid_thw.
         images: the row's images in order, as the row gave them (PIL image, bytes, dict) with relative paths
@@ -46,7 +45,6 @@ class Encoded:
 
     ids: np.ndarray
     mask: np.ndarray | None
-    boundaries: np.ndarray
     system_end: int | None
     tensors: dict = field(default_factory=dict)
     images: list = field(default_factory=list)
@@ -140,12 +138,11 @@ class ConversationEncoder:
             mask = token_mask(offsets, [tuple(r) for r in shifted.tolist()])
             if not mask.any():
                 raise self._no_supervision(len(assistant), row)
-        bounds = np.unique(_token_at(offsets, shifted.reshape(-1)))
         system_end = None
         if messages[0]["role"] == "system":
-            end = _common_prefix(text, self._render(messages[:1], False, row))
+            end = common_prefix_len(text, self._render(messages[:1], False, row))
             system_end = int(_token_at(offsets, _to_expanded(np.array([[end, end]]), replaced)[:, 0])[0])
-        return Encoded(ids, mask, bounds, system_end, tensors, images)
+        return Encoded(ids, mask, system_end, tensors, images)
 
     # ------------------------------------------------------------------ steps
 
@@ -337,20 +334,6 @@ def _token_at(offsets: np.ndarray, chars: np.ndarray) -> np.ndarray:
     starts = np.where(offsets[:, 1] > offsets[:, 0], offsets[:, 0], -1)
     starts = np.maximum.accumulate(starts)
     return np.searchsorted(starts, chars, side="left")
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 def _starts_with_bos(processor, text: str) -> bool:

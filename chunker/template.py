@@ -200,10 +200,10 @@ def _answer_range(render, messages, k, full) -> tuple[int, int]:
     # The conversation that ends with the last answer is T itself: render T only once.
     with_answer = full if k + 1 == len(messages) else _try_render(render, messages[: k + 1], False)
     if prompt is None or with_answer is None:
-        start = _common_prefix_len(full, prompt or "")
+        start = common_prefix_len(full, prompt or "")
         return start, start
-    start = _common_prefix_len(full, prompt)
-    agreed = _common_prefix_len(full, with_answer)
+    start = common_prefix_len(full, prompt)
+    agreed = common_prefix_len(full, with_answer)
     end = max(start, agreed + _tail_match(full, agreed, with_answer))
     while end > start and full[end - 1].isspace():
         end -= 1
@@ -218,8 +218,13 @@ def _try_render(render, messages, add_generation_prompt):
         return None
 
 
-def _common_prefix_len(a: str, b: str) -> int:
-    """Length of the longest common prefix, by bisection on slices (memcmp, not a Python loop per char)."""
+def common_prefix_len(a: str, b: str) -> int:
+    """Length of the longest common prefix, by bisection on slices (memcmp, not a Python loop per char).
+
+    Example:
+        >>> common_prefix_len("<s>USER: hi ASSISTANT:", "<s>USER: hi ASSISTANT: ok")
+        22
+    """
     n = min(len(a), len(b))
     if a[:n] == b[:n]:
         return n
