@@ -20,7 +20,7 @@ import json
 
 import numpy as np
 
-from .errors import ChunkerError, RowFormatError
+from .errors import ChunkerError
 from .labels import IGNORE
 from .media import TENSOR_STREAMS
 from .splitter import MASK_COLUMNS
@@ -168,10 +168,17 @@ def pc_lengths(col) -> np.ndarray:
 
 def _flat(col):
     """(flat numpy values, row offsets from 0) of a list column."""
-    arr = col.combine_chunks() if hasattr(col, "combine_chunks") else col
+    arr = _one_array(col)
     offsets = arr.offsets.to_numpy().astype(np.int64)
     values = arr.values.slice(offsets[0], offsets[-1] - offsets[0])
     return values.to_numpy(zero_copy_only=False), offsets - offsets[0]
+
+
+def _one_array(col):
+    """A list column as one Arrow array: its only chunk as is (no copy), else the chunks combined."""
+    if not hasattr(col, "combine_chunks"):
+        return col
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
 def _flat_columns(table):
@@ -181,7 +188,7 @@ def _flat_columns(table):
             cols[name] = _flat(table.column(name))
     for name in ITEM_COLUMNS:
         if name in table.column_names:
-            arr = table.column(name).combine_chunks()
+            arr = _one_array(table.column(name))
             offsets = arr.offsets.to_numpy().astype(np.int64)
             cols[name] = (arr.values.slice(offsets[0], offsets[-1] - offsets[0]), offsets - offsets[0])
     return cols
@@ -203,75 +210,19 @@ def _row_values(cols, name, i):
     return flat[int(offsets[i]):int(offsets[i + 1])]
 
 
-def batch_spans(spec, flat, offsets):
-    """The spans of every row of a batch from ONE `find_image_spans` call over its flat ids: `row -> Spans`, or
-    None when the batch is irregular (a span would join two rows, or the grammar finds an error) and each row
-    must be found on its own, where it raises its own error.
-
-    Example:
-        >>> from chunker import ImageSpanSpec
-        >>> spec = ImageSpanSpec(family="custom", kind="bracket", image_token_id=7, open_ids=(5,), close_ids=(6,))
-        >>> rows = batch_spans(spec, np.array([1, 5, 7, 6, 5, 7, 7, 6, 2]), np.array([0, 4, 9]))
-        >>> rows(0).starts.tolist(), rows(1).starts.tolist(), rows(1).counts.tolist()
-        ([1], [0], [2])
-    """
-    from .spans import Spans, find_image_spans
-
-    n_rows = len(offsets) - 1
-    if n_rows < 2:
-        return None
-    try:
-        spans = find_image_spans(flat, spec)
-    except ChunkerError:
-        return None
-    starts = np.asarray(offsets[:-1], dtype=np.int64)
-    row = np.searchsorted(starts, spans.starts, side="right") - 1
-    if len(spans) and (spans.ends > np.asarray(offsets, dtype=np.int64)[row + 1]).any():
-        return None  # a span would join two rows (a run across the boundary, an unclosed bracket): row by row
-    first = np.searchsorted(row, np.arange(n_rows + 1), side="left")
-
-    def of(r: int) -> Spans:
-        a, b = int(first[r]), int(first[r + 1])
-        return Spans(spans.starts[a:b] - starts[r], spans.ends[a:b] - starts[r], spans.kinds[a:b], spans.counts[a:b])
-
-    return of
-
-
 def _plan_rows(splitter, cols, indices):
-    """Per row: its `RowPlan` (from zero-copy views, by `splitter.analyse`), or the error it was skipped for."""
-    from .splitter import Parsed, _as_ids
+    """Per row: its `RowPlan` (by `splitter.analyse_batch`, on zero-copy views), or the error it was skipped for."""
+    from .splitter import TokenBatch
 
-    _, offsets = cols["input_ids"]
+    flat, offsets = cols["input_ids"]
     mask_col = next((c for c in MASK_COLUMNS if c in cols), None)
-    flat = cols["input_ids"][0]
-    found = batch_spans(splitter.spec, *cols["input_ids"])
     # ids are checked once for the batch; a batch with a bad id checks row by row, which names the row
     checked = np.issubdtype(flat.dtype, np.integer) and (not len(flat) or (
         int(flat.min()) >= 0 and (splitter.vocab_size is None or int(flat.max()) < splitter.vocab_size)))
-    plans = []
-    for i in range(len(offsets) - 1):
-        row = int(indices[i])
-        try:
-            ids = _row_values(cols, "input_ids", i) if checked else _as_ids(
-                _row_values(cols, "input_ids", i), splitter.vocab_size, row)
-            labels = _row_values(cols, "labels", i)
-            mask = _row_values(cols, mask_col, i)
-            if mask is not None and len(mask) != len(ids):
-                raise RowFormatError(
-                    f"the assistant mask has {len(mask)} entries but input_ids has {len(ids)}: give one per token",
-                    row=row,
-                )
-            n_items = {name: int(cols[name][1][i + 1] - cols[name][1][i]) for name in ITEM_COLUMNS if name in cols}
-            parsed = Parsed(ids, labels, None if mask is None else mask.astype(bool),
-                            images=[None] * n_items["images"] if "images" in n_items else None,
-                            videos=[None] * n_items["videos"] if "videos" in n_items else None,
-                            spans=None if found is None else found(i))
-            plans.append((i, splitter.analyse(parsed, row)))
-        except ChunkerError as exc:
-            if not splitter.skips(exc):
-                raise
-            plans.append((i, exc))
-    return plans
+    items = {name: np.diff(cols[name][1]) for name in ITEM_COLUMNS if name in cols}
+    batch = TokenBatch(flat, offsets, cols.get("labels"), cols.get(mask_col), items.get("images"),
+                       items.get("videos"), checked)
+    return list(enumerate(splitter.analyse_batch(batch, indices)))
 
 
 # ---------------------------------------------------------------------- whole-batch assembly

@@ -85,6 +85,24 @@ def mask_from_labels(ids, labels, spans: Spans, *, row=None) -> np.ndarray:
     Raises:
         RowFormatError: labels of another length than input_ids, or a supervised label that is not the token.
     """
+    return supervision_from_labels(ids, labels, spans, row=row)[0]
+
+
+def supervision_from_labels(ids, labels, spans: Spans, *, row=None) -> tuple[np.ndarray, np.ndarray]:
+    """(loss mask, labels) of a row that brings its own labels: the mask of `mask_from_labels`, and the labels
+    it implies (`labels_from_mask`), which are the row's own labels array itself, not a copy, when no media
+    position carried a label (the usual case: a pass over the tokens saved).
+
+    Example:
+        >>> from chunker.spans import Spans
+        >>> one = Spans(np.array([1]), np.array([3]), np.zeros(1, int), np.ones(1, int))
+        >>> ids, labels = np.array([4, 7, 7, 5]), np.array([-100, -100, -100, 5])
+        >>> mask, out = supervision_from_labels(ids, labels, one)
+        >>> mask.tolist(), out is labels
+        ([False, False, False, True], True)
+        >>> supervision_from_labels(ids, ids, one)[1].tolist()  # media labels are dropped: a new array
+        [4, -100, -100, 5]
+    """
     ids = np.asarray(ids)  # compared as they are: any integer widths compare exactly, without a widening copy
     labels = np.asarray(labels)
     if labels.shape != ids.shape:
@@ -102,9 +120,20 @@ def mask_from_labels(ids, labels, spans: Spans, *, row=None) -> np.ndarray:
             "input ids (or -100); the model shifts them itself",
             row=row,
         )
-    for s, e in zip(spans.starts.tolist(), spans.ends.tolist()):  # media never carry loss (few spans: slices)
+    hit = _spans_holding(mask, spans)
+    for s, e in zip(spans.starts[hit].tolist(), spans.ends[hit].tolist()):  # media never carry loss
         mask[s:e] = False
-    return mask
+    own = not hit.any() and np.issubdtype(labels.dtype, np.signedinteger)
+    return mask, labels if own else labels_from_mask(ids, mask)
+
+
+def _spans_holding(mask: np.ndarray, spans: Spans) -> np.ndarray:
+    """Which spans hold a True position of `mask` (one reduction for all spans)."""
+    if not len(spans):
+        return np.zeros(0, dtype=bool)
+    bounds = np.stack([spans.starts, spans.ends], axis=1).reshape(-1)
+    padded = np.concatenate([mask, np.zeros(1, dtype=bool)])  # an end may equal len(mask)
+    return np.logical_or.reduceat(padded, bounds)[::2] & (spans.ends > spans.starts)
 
 
 def mask_edges(mask) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,20 +109,22 @@ def plan_windows(
         k = np.searchsorted(starts, bounds, side="left") - 1
         bounds = bounds[(k < 0) | (bounds >= ends[np.maximum(k, 0)])]  # a cut inside a span is no cut
     supervised = None if loss_mask is None else np.asarray(loss_mask, dtype=bool)
+    # the walk asks a few scalar questions per window: Python lists and bisect answer them faster than numpy
+    starts_l, ends_l, bounds_l = starts.tolist(), ends.tolist(), bounds.tolist()
 
     def enclosing(pos):
         """Index of the span with start < pos < end, or -1."""
-        k = int(np.searchsorted(starts, pos, side="left")) - 1
-        return k if k >= 0 and pos < ends[k] else -1
+        k = bisect_left(starts_l, pos) - 1
+        return k if k >= 0 and pos < ends_l[k] else -1
 
     def span_opens(pos):
         """True when a span starts at pos: its first token is media, never supervised, so needs no context."""
-        k = int(np.searchsorted(starts, pos, side="left"))
-        return k < len(starts) and starts[k] == pos
+        k = bisect_left(starts_l, pos)
+        return k < len(starts_l) and starts_l[k] == pos
 
     def last_cut(limit):
         k = enclosing(limit)
-        return limit if k < 0 else int(starts[k])
+        return limit if k < 0 else starts_l[k]
 
     windows = []
     start = 0
@@ -133,12 +136,12 @@ def plan_windows(
             minimal = start
             if pre == 0 and (supervised[start] if supervised is not None else not span_opens(start)):
                 k = enclosing(start - 1)
-                minimal = start - 1 if k < 0 else int(starts[k])
-            context = min(_context_start(start, overlap, prefix_len, enclosing, ends), minimal)
-        end = _window_end(start, context, pre, max_length, n_tokens, last_cut, bounds, min_fill, prefix_len)
+                minimal = start - 1 if k < 0 else starts_l[k]
+            context = min(_context_start(start, overlap, prefix_len, enclosing, ends_l), minimal)
+        end = _window_end(start, context, pre, max_length, n_tokens, last_cut, bounds_l, min_fill, prefix_len)
         if end <= start and context < minimal:
             context = minimal
-            end = _window_end(start, context, pre, max_length, n_tokens, last_cut, bounds, min_fill, prefix_len)
+            end = _window_end(start, context, pre, max_length, n_tokens, last_cut, bounds_l, min_fill, prefix_len)
         if end <= start:
             raise _no_room(start, minimal, pre, max_length, starts, ends, enclosing, row)
         windows.append(Window(int(context), int(start), int(end)))
@@ -181,11 +184,11 @@ def _window_end(start, context, pre, max_length, n_tokens, last_cut, bounds, min
     if limit >= n_tokens:
         return n_tokens
     end = last_cut(limit)
-    if len(bounds):
+    if bounds:
         floor = start + int(min_fill * room)
-        i = int(np.searchsorted(bounds, end, side="right")) - 1
+        i = bisect_right(bounds, end) - 1
         if i >= 0 and bounds[i] > max(floor, start) and bounds[i] >= prefix_len:
-            end = int(bounds[i])
+            end = bounds[i]
     return end
 
 

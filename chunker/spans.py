@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ImageTokenCountError, SpanError
+from .errors import ChunkerError, ImageTokenCountError, SpanError
 from .spec import ImageSpanSpec
 
 IMAGE, VIDEO = 0, 1
@@ -138,6 +138,39 @@ def media_mask(n: int, spans: Spans) -> np.ndarray:
     for s, e in zip(spans.starts.tolist(), spans.ends.tolist()):  # a row holds few spans: slices beat a cumsum pass
         mask[s:e] = True
     return mask
+
+
+def batch_spans(spec, flat, offsets):
+    """The spans of every row of a batch from ONE `find_image_spans` call over its flat ids: `row -> Spans`, or
+    None when the batch is irregular (a span would join two rows, or the grammar finds an error) and each row
+    must be found on its own, where it raises its own error.
+
+    Example:
+        >>> from chunker import ImageSpanSpec
+        >>> from chunker.spans import batch_spans
+        >>> spec = ImageSpanSpec(family="custom", kind="bracket", image_token_id=7, open_ids=(5,), close_ids=(6,))
+        >>> rows = batch_spans(spec, np.array([1, 5, 7, 6, 5, 7, 7, 6, 2]), np.array([0, 4, 9]))
+        >>> rows(0).starts.tolist(), rows(1).starts.tolist(), rows(1).counts.tolist()
+        ([1], [0], [2])
+    """
+    n_rows = len(offsets) - 1
+    if n_rows < 2:
+        return None
+    try:
+        spans = find_image_spans(flat, spec)
+    except ChunkerError:
+        return None
+    starts = np.asarray(offsets[:-1], dtype=np.int64)
+    row = np.searchsorted(starts, spans.starts, side="right") - 1
+    if len(spans) and (spans.ends > np.asarray(offsets, dtype=np.int64)[row + 1]).any():
+        return None  # a span would join two rows (a run across the boundary, an unclosed bracket): row by row
+    first = np.searchsorted(row, np.arange(n_rows + 1), side="left")
+
+    def of(r: int) -> Spans:
+        a, b = int(first[r]), int(first[r + 1])
+        return Spans(spans.starts[a:b] - starts[r], spans.ends[a:b] - starts[r], spans.kinds[a:b], spans.counts[a:b])
+
+    return of
 
 
 class _Positions:
@@ -301,6 +334,9 @@ def _check_no_stray(ids, spec, spans, row, at):
     stray = []
     for value in spec.structural_ids:  # each id's positions are sorted already: no merge needed
         pos = at.of((value,))
+        held = np.searchsorted(pos, spans.ends) - np.searchsorted(pos, spans.starts)  # spans never overlap
+        if int(held.sum()) == len(pos):
+            continue  # all inside: found by searching the few span bounds in the positions, not the reverse
         k = np.searchsorted(spans.starts, pos, side="right") - 1
         inside = (k >= 0) & (pos < spans.ends[np.maximum(k, 0)]) if len(spans) else np.zeros(len(pos), bool)
         stray.append(pos[~inside])

@@ -38,12 +38,12 @@ from .labels import (
     loss_mask,
     mask_edges,
     mask_from_labels,
-    turn_boundaries,
+    supervision_from_labels,
     window_labels,
 )
 from .media import TENSOR_STREAMS, check_counts, slice_plan, take_items
 from .plan import check_config, plan_windows
-from .spans import IMAGE, VIDEO, Spans, find_image_spans, media_mask
+from .spans import IMAGE, VIDEO, Spans, batch_spans, find_image_spans, media_mask
 
 PREFIXES = ("bos", "system", "none")
 POLICIES = ("raise", "skip")
@@ -174,6 +174,62 @@ class RowPlan:
     video_items: list
     slices: dict
     parsed: Parsed
+
+
+@dataclass
+class TokenBatch:
+    """Pre-tokenized rows as flat arrays with row offsets: the columnar input of `WindowSplitter.analyse_batch`.
+
+    Attributes:
+        ids: the flat token ids of all rows; row r is `ids[offsets[r]:offsets[r + 1]]`.
+        offsets: int64 row offsets, from 0.
+        labels, mask: (flat values, row offsets) of the labels / assistant-mask column, or None.
+        n_images, n_videos: items per row in the images / videos column, or None (no such column).
+        checked: the ids are known to be token ids of the vocabulary (checked once for the batch).
+    """
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    labels: tuple | None = None
+    mask: tuple | None = None
+    n_images: np.ndarray | None = None
+    n_videos: np.ndarray | None = None
+    checked: bool = False
+
+    def row(self, i: int, row, vocab_size=None, spans: Spans | None = None) -> Parsed:
+        """Row i as `Parsed` (zero-copy views), its ids checked unless the batch was.
+
+        Raises:
+            InvalidTokenError, RowFormatError: bad ids, an assistant mask of another length.
+        """
+        ids = self.ids[int(self.offsets[i]):int(self.offsets[i + 1])]
+        if not self.checked:
+            ids = _as_ids(ids, vocab_size, row)
+        labels, mask = _view(self.labels, i), _view(self.mask, i)
+        if mask is not None and len(mask) != len(ids):
+            raise RowFormatError(
+                f"the assistant mask has {len(mask)} entries but input_ids has {len(ids)}: give one per token",
+                row=row,
+            )
+        return Parsed(ids, labels, None if mask is None else mask.astype(bool, copy=False),
+                      images=None if self.n_images is None else [None] * int(self.n_images[i]),
+                      videos=None if self.n_videos is None else [None] * int(self.n_videos[i]), spans=spans)
+
+
+@dataclass
+class _Supervision:
+    """What `analyse_batch` found over a batch's flat arrays: loss mask and labels (flat), which rows train,
+    the flat cut points and where each row's begin in them."""
+
+    mask: np.ndarray
+    labels: np.ndarray
+    trains: np.ndarray
+    cuts: np.ndarray
+    cut_at: np.ndarray
+
+
+_NONE = np.zeros(0, dtype=np.int64)
+_NONE.flags.writeable = False
 
 
 class WindowSplitter:
@@ -468,30 +524,138 @@ class WindowSplitter:
             NoSupervisionError: the row would train no token.
             OversizeSpanError, PrefixError: no window can hold a span or the prefix.
         """
-        spec, ids = self.spec, p.ids
-        if len(ids) == 0:
+        spans, slices = self.media(p, row)
+        mask, labels = self.supervision(p, spans, row)
+        return self.plan(p, spans, slices, mask, labels, cut_points(p.ids, mask, self.spec), row)
+
+    def analyse_batch(self, batch: TokenBatch, rows) -> list:
+        """`analyse` for every row of a pre-tokenized batch, with the token-wide work done once for the batch.
+
+        The spans of all rows come from one `find_image_spans` call over the flat ids, and the loss mask, the
+        labels and the cut points from one call each of the functions `analyse` uses, over the flat arrays;
+        only the media checks and the plan run per row. A row the batch pass cannot vouch for (empty, training
+        nothing, or any error in the batch's pass) goes through `analyse` alone, which raises its own error.
+
+        Returns:
+            per row, its `RowPlan`, or the `ChunkerError` it is skipped for under the policies.
+
+        Raises:
+            ChunkerError: a row's error that the policies do not skip.
+        """
+        n = len(batch.offsets) - 1
+        found = batch_spans(self.spec, batch.ids, batch.offsets) if batch.checked else None
+        parsed, media = [None] * n, [None] * n
+        out = [None] * n
+        for i in range(n):
+            row = int(rows[i])
+            try:
+                parsed[i] = batch.row(i, row, self.vocab_size, None if found is None else found(i))
+                if found is not None:
+                    media[i] = self.media(parsed[i], row)
+            except ChunkerError as exc:
+                out[i] = self._skipped(exc)
+        whole = self._batch_supervision(batch, media) if found is not None else None
+        for i in range(n):
+            if out[i] is not None:
+                continue
+            row = int(rows[i])
+            try:
+                if whole is None or not whole.trains[i]:
+                    out[i] = self.analyse(parsed[i], row)
+                    continue
+                a, b = int(batch.offsets[i]), int(batch.offsets[i + 1])
+                lo, hi = int(whole.cut_at[i]), int(whole.cut_at[i + 1])
+                out[i] = self.plan(parsed[i], *media[i], whole.mask[a:b], whole.labels[a:b],
+                                   whole.cuts[lo:hi] - a, row)
+            except ChunkerError as exc:
+                out[i] = self._skipped(exc)
+        return out
+
+    def _skipped(self, exc: ChunkerError) -> ChunkerError:
+        if not self.skips(exc):
+            raise exc
+        return exc
+
+    def _batch_supervision(self, batch: TokenBatch, media) -> _Supervision | None:
+        """The loss mask, labels and cut points of a whole batch from its flat arrays, or None when the batch
+        pass cannot stand for its rows (each row then goes through `analyse`)."""
+        spec = self.spec
+        labels = batch.labels[0] if batch.labels is not None else None
+        mask = batch.mask[0] if batch.mask is not None else None
+        if labels is None and mask is None and spec.response_ids and self.train_on == "assistant":
+            return None  # turn markers are read along each row: a flat pass would carry a turn into the next row
+        for col in (batch.labels, batch.mask):
+            if col is not None and not np.array_equal(col[1], batch.offsets):
+                return None
+        starts = batch.offsets[:-1]
+        found = [(m[0].starts + a, m[0].ends + a, m[0].kinds, m[0].counts) for m, a in zip(media, starts.tolist())
+                 if m is not None]
+        spans = Spans(*(np.concatenate(part) for part in zip(*found))) if found else Spans.empty()
+        whole = Parsed(batch.ids, labels, None if mask is None else mask.astype(bool))
+        try:
+            loss, labels = self.supervision(whole, spans, None)
+        except ChunkerError:
+            return None
+        lengths = np.diff(batch.offsets)
+        rest = loss.copy()
+        rest[starts[lengths > 0]] = False  # a row trains from its second token on (labels are shifted)
+        trains = np.zeros(len(lengths), dtype=bool)
+        if (lengths > 0).any():
+            trains[lengths > 0] = np.logical_or.reduceat(rest, starts[lengths > 0])
+        cuts = cut_points(batch.ids, loss, spec, offsets=batch.offsets)
+        return _Supervision(loss, labels, trains, cuts, np.searchsorted(cuts, batch.offsets))
+
+    def media(self, p: Parsed, row) -> tuple[Spans, dict]:
+        """The row's media items (spans) and how to slice its tensors per item, checked against its media.
+
+        Raises:
+            EmptyConversationError: no tokens.
+            SpanError, ImageCountError, ImageTokenCountError, PixelMismatchError: media that disagree.
+        """
+        if len(p.ids) == 0:
             raise EmptyConversationError("input_ids is empty: drop the row", row=row)
-        spans = p.spans if p.spans is not None else find_image_spans(ids, spec, row=row)
+        spans = p.spans if p.spans is not None else find_image_spans(p.ids, self.spec, row=row)
         if self.adapter is not None:
             spans = self.adapter.items(spans, p.tensors, p.images, row=row)
         n_images = None if p.images is None or (p.from_messages and not p.images) else len(p.images)
         n_videos = None if p.videos is None else len(p.videos)
         check_media_counts(spans, n_images, n_videos, bool(p.tensors), row)
-        slices = slice_plan(spec, p.tensors, spans, row=row) if p.tensors else {}
-        check_counts(spec, p.tensors, spans, row=row, expected=self._expected_items(p.tensors))
+        slices = slice_plan(self.spec, p.tensors, spans, row=row) if p.tensors else {}
+        check_counts(self.spec, p.tensors, spans, row=row, expected=self._expected_items(p.tensors))
+        return spans, slices
+
+    def supervision(self, p: Parsed, spans: Spans, row) -> tuple[np.ndarray, np.ndarray]:
+        """(loss mask, labels) of the whole conversation: `loss_mask`, and the labels it implies.
+
+        Raises:
+            NoSupervisionError, RowFormatError: see `loss_mask`.
+        """
+        if p.labels is not None:
+            mask, labels = supervision_from_labels(p.ids, p.labels, spans, row=row)
+            self._check_trains(mask, "its labels are all -100 (outside media)", row)
+            return mask, labels
         mask = self.loss_mask(p, spans, row)
-        labels = labels_from_mask(ids, mask)
+        return mask, labels_from_mask(p.ids, mask)
+
+    def plan(self, p: Parsed, spans: Spans, slices: dict, mask, labels, cuts, row) -> RowPlan:
+        """The windows of an analysed row and the media items each carries.
+
+        Raises:
+            OversizeSpanError, PrefixError: no window can hold a span or the prefix.
+        """
         prefix_len = self.prefix_length(p, spans, row)
-        bounds = mask_edges(mask)
-        if spec.instruction_ids or spec.response_ids:
-            bounds = np.union1d(bounds, turn_boundaries(ids, spec.instruction_ids, spec.response_ids))
         wins = plan_windows(
-            len(ids), spans, max_length=self.max_length, overlap=self.overlap, prefix_len=prefix_len,
-            boundaries=bounds, loss_mask=mask, min_fill=self.min_fill, row=row,
+            len(p.ids), spans, max_length=self.max_length, overlap=self.overlap, prefix_len=prefix_len,
+            boundaries=cuts, loss_mask=mask, min_fill=self.min_fill, row=row,
         )
         geometry = np.array([(w.context_start, w.start, w.end) for w in wins], dtype=np.int64).reshape(-1, 3)
-        items = {kind: window_items(spans.take(spans.kinds == kind), geometry, prefix_len) for kind in (IMAGE, VIDEO)}
-        return RowPlan(ids, labels, prefix_len, geometry, items[IMAGE], items[VIDEO], slices, p)
+        if len(spans) and (spans.kinds == VIDEO).any():
+            images = window_items(spans.take(spans.kinds == IMAGE), geometry, prefix_len)
+            videos = window_items(spans.take(spans.kinds == VIDEO), geometry, prefix_len)
+        else:
+            images = window_items(spans, geometry, prefix_len)
+            videos = [_NONE] * len(geometry)
+        return RowPlan(p.ids, labels, prefix_len, geometry, images, videos, slices, p)
 
     def _expected_items(self, tensors):
         if self.adapter is None or not tensors:
@@ -526,12 +690,16 @@ class WindowSplitter:
                 "instruction_part=/response_part= turn markers, or train_on='all'",
                 row=row,
             )
+        self._check_trains(mask, source, row)
+        return mask
+
+    @staticmethod
+    def _check_trains(mask, source: str, row) -> None:
         if not mask[1:].any():
             raise NoSupervisionError(
                 f"the row would train no token: {source}. Drop it, fix its labels, or pass on_error='skip' to "
                 "count such rows", row=row,
             )
-        return mask
 
     def prefix_length(self, p: Parsed, spans: Spans, row) -> int:
         """Tokens repeated before every window after the first (see `prefix`).
@@ -759,3 +927,42 @@ def _as_ids(value, vocab_size, row) -> np.ndarray:
         )
     return arr
 
+
+def _view(col, i: int):
+    if col is None:
+        return None
+    flat, offsets = col
+    return flat[int(offsets[i]):int(offsets[i + 1])]
+
+
+def cut_points(ids, mask, spec, *, offsets=None) -> np.ndarray:
+    """Preferred cut points: where supervision starts or stops (`mask_edges`), and where a turn opens when the
+    spec has turn markers (`instruction_ids`, `response_ids`).
+
+    Args:
+        ids, mask: one row's ids and loss mask, or the flat ids and mask of a batch of rows.
+        spec: the grammar (its turn markers).
+        offsets: the row offsets of a flat batch: the cut points of every row, in flat positions, with nothing
+            found across two rows (an edge at a row's start, a marker that runs into the next row).
+
+    Example:
+        >>> from chunker import ImageSpanSpec
+        >>> spec = ImageSpanSpec(family="custom", kind="bracket", image_token_id=7, open_ids=(5,), close_ids=(6,))
+        >>> mask = np.array([0, 1, 1, 0, 1, 1], dtype=bool)
+        >>> cut_points(np.arange(6), mask, spec).tolist(), cut_points(np.arange(6), mask, spec, offsets=[0, 4, 6]).tolist()
+        ([1, 3, 4], [1, 3])
+    """
+    cuts = mask_edges(mask)
+    markers = [m for m in (spec.instruction_ids, spec.response_ids) if m]
+    if offsets is not None:
+        offsets = np.asarray(offsets, dtype=np.int64)
+        cuts = cuts[cuts != offsets[np.searchsorted(offsets, cuts, side="right") - 1]]
+    if not markers:
+        return cuts
+    parts = [cuts]
+    for marker in markers:
+        at = find_marker(ids, marker)
+        if offsets is not None:
+            at = at[at + len(marker) <= offsets[np.searchsorted(offsets, at, side="right")]]
+        parts.append(at)
+    return np.unique(np.concatenate(parts))

@@ -195,3 +195,38 @@ def test_fast_path_raises_the_row_error():
     assert "row 2" in str(fast.value)
 
 
+
+
+def test_batch_cut_points_find_nothing_across_two_rows():
+    """The whole-batch pass reads turn markers and loss edges over the flat ids of all rows: a marker whose
+    tokens run from one row into the next, or an edge between two rows, is no cut point of either row."""
+    from chunker.splitter import cut_points
+
+    spec = ImageSpanSpec(family="custom", kind="bracket", image_token_id=7, open_ids=(5,), close_ids=(6,),
+                         instruction_ids=(10, 12), response_ids=(11,))
+    row0 = np.array([1, 10, 12, 4, 11, 4, 10])   # ends with the first token of an instruction marker
+    row1 = np.array([12, 4, 11, 4, 4])            # ... whose second token opens the next row
+    mask0 = np.array([0, 0, 0, 0, 0, 1, 1], bool)
+    mask1 = np.array([0, 0, 0, 1, 1], bool)     # supervision stops at the row boundary: an edge of neither row
+    flat = cut_points(np.concatenate([row0, row1]), np.concatenate([mask0, mask1]), spec, offsets=[0, 7, 12])
+    # by hand: row 0 has markers at 1 (10 12) and 4 (11), an edge at 5; row 1 a marker at 2 (11), an edge at 3
+    assert flat.tolist() == [1, 4, 5, 7 + 2, 7 + 3]
+    assert cut_points(row0, mask0, spec).tolist() == [1, 4, 5]
+    assert cut_points(row1, mask1, spec).tolist() == [2, 3]
+
+
+def test_a_row_that_trains_nothing_in_a_batch_is_skipped_alone():
+    """One row of a batch trains nothing: under on_error="skip" it leaves its ledger row and the other rows of
+    the batch still take the whole-batch pass; under "raise" its own error names it."""
+    spec = ImageSpanSpec(family="custom", kind="bracket", image_token_id=7, open_ids=(5,), close_ids=(6,))
+    good = {"input_ids": [1, 5, 7, 6, 2, 3], "labels": [-100, -100, -100, -100, 2, 3], "images": ["a.png"]}
+    bad = {"input_ids": [1, 5, 7, 6, 2, 3], "labels": [-100] * 6, "images": ["b.png"]}
+    table = pa.Table.from_pylist([good, bad, good])
+    out = split_arrow_batch(WindowSplitter(spec=spec, max_length=4, prefix="none", on_error="skip"), table,
+                            indices=[0, 1, 2]).to_pylist()
+    assert [(r["source_index"], r["num_windows"]) for r in out] == [(0, 3), (0, 3), (0, 3), (1, 0), (2, 3), (2, 3),
+                                                                     (2, 3)]
+    assert out[3]["skip_reason"].startswith("NoSupervisionError") and out[3]["images"] is None
+    assert [r["input_ids"] for r in out[:3]] == [[1, 5, 7, 6], [5, 7, 6, 2], [2, 3]]
+    with pytest.raises(ChunkerError, match="row 1: the row would train no token"):
+        split_arrow_batch(WindowSplitter(spec=spec, max_length=4, prefix="none"), table, indices=[0, 1, 2])

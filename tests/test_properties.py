@@ -564,14 +564,22 @@ def test_the_arrow_path_meets_the_invariants_against_the_generators_reference(ki
     conv = data.draw(conversations(kind, fits=True))
     assume(conv.family != "gemma3_pan_and_scan")  # crops are grouped by num_crops tensors: the row path's case
     conv.with_tensors, conv.with_images = False, True
-    table = split_arrow_batch(make_splitter(conv), pa.Table.from_pylist([conv.row()]), indices=[7])
-    rows = [{k: (np.asarray(v) if k in ("input_ids", "labels") else v) for k, v in r.items()}
-            for r in table.to_pylist()]
-    assert {r["source_index"] for r in rows} == {7} and [r["window_index"] for r in rows] == list(range(len(rows)))
-    for check in (_lengths, _no_cut, _partition, _trained_positions, _labels_kept):
-        holds_under_some_reading(conv, rows, check)
-    holds_under_some_reading(conv, rows, per_window(lambda c, r, ch: [
-        f"window {k} carries images {list(w['images'])}, not {want}"
-        for k, (w, (pre, cs, _, end)) in enumerate(zip(r, ch))
-        if list(w["images"]) != (want := [c.items[i].name for i in chosen_items(c, pre, cs, end) if c.items[i].stream == 0])
-    ]))
+    # one to three copies in one batch: a batch of two or more takes the whole-batch pass (spans, loss mask,
+    # labels and cut points over the flat arrays), where a row's turn or edge could leak into the next row
+    copies = data.draw(st.integers(1, 3), label="rows in the batch")
+    table = split_arrow_batch(make_splitter(conv), pa.Table.from_pylist([conv.row()] * copies),
+                              indices=list(range(7, 7 + copies)))
+    every = [{k: (np.asarray(v) if k in ("input_ids", "labels") else v) for k, v in r.items()}
+             for r in table.to_pylist()]
+    assert [r["source_index"] for r in every] == sorted(r["source_index"] for r in every)
+    for index in range(7, 7 + copies):
+        rows = [{**r, "source_index": 7} for r in every if r["source_index"] == index]  # the checks read 7
+        assert [r["window_index"] for r in rows] == list(range(len(rows)))
+        for check in (_lengths, _no_cut, _partition, _trained_positions, _labels_kept):
+            holds_under_some_reading(conv, rows, check)
+        holds_under_some_reading(conv, rows, per_window(lambda c, r, ch: [
+            f"window {k} carries images {list(w['images'])}, not {want}"
+            for k, (w, (pre, cs, _, end)) in enumerate(zip(r, ch))
+            if list(w["images"]) != (want := [c.items[i].name for i in chosen_items(c, pre, cs, end)
+                                              if c.items[i].stream == 0])
+        ]))
