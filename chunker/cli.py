@@ -11,9 +11,12 @@ import os
 import sys
 import time
 
+from .formats import FORMATS, check_format
+
 EXIT_OK, EXIT_BREAKS, EXIT_ERROR = 0, 1, 2
 DEMO_ROWS, DEMO_MAX_LENGTH, DEMO_OVERLAP, DEMO_STEPS = 8, 512, 64, 6
 SPLIT_OUTPUTS = ("windows", "windows.parquet", "report.json", "report.png")  # what `split` writes into --out
+OUT_FORMATS = ("arrow", "parquet")
 REPORT_EXTRA = 'pip install "vlm-chunker[report]"'
 
 
@@ -75,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="repeated before every window after the first (default bos)")
         p.add_argument("--train-on", choices=("assistant", "all"), default="assistant",
                        help="tokens that carry loss when rows bring no labels (default assistant)")
+        p.add_argument("--format", "-f", type=_data_format, default="auto", metavar="F",
+                       help=f"the rows' format: auto (recognize each row; default) or one of {', '.join(FORMATS)}")
+        p.add_argument("--image-dir", metavar="DIR", default=None,
+                       help="folder relative image paths are read from (default: the data file's folder)")
 
     check = sub.add_parser("check", help="preflight: which rows truncation at N would break, windows needed")
     data_args(check)
@@ -89,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output folder; refused if it holds an earlier split's output, unless --overwrite")
     split.add_argument("--overwrite", action="store_true",
                        help="replace the windows and report an earlier split wrote into DIR")
-    split.add_argument("--format", choices=("arrow", "parquet"), default="arrow",
+    split.add_argument("--out-format", choices=OUT_FORMATS, default="arrow",
                        help="arrow: DIR/windows (save_to_disk); parquet: DIR/windows.parquet (default arrow)")
     split.add_argument("--on-oversize", choices=("skip", "raise"), default="skip",
                        help="rows with an image span longer than N (default skip, counted in the report)")
@@ -170,14 +177,15 @@ def run_split(args) -> int:
             f"see {files['json']}"
         )
     windows = _embed_images(windows, num_proc=args.num_proc)
-    if args.format == "parquet":
+    if args.out_format == "parquet":
         target = os.path.join(args.out, "windows.parquet")
         windows.to_parquet(target)
     else:
         target = os.path.join(args.out, "windows")
         windows.save_to_disk(target)
     summary = window_summary(windows, stats, max_length=args.max_length)
-    summary.update(data=args.data, processor=args.processor, overlap=args.overlap, output=target, format=args.format)
+    summary.update(data=args.data, processor=args.processor, overlap=args.overlap, output=target,
+                   format=args.out_format, data_format=args.format)
     files = write_report(summary, args.out, windows=None if args.no_plot else windows)
     print(format_table(summary_rows(summary), title=f"split: {args.data}"))
     for e in summary["skipped_examples"][:5]:
@@ -252,7 +260,8 @@ def _rows_and_splitter(args, *, on_oversize, on_error):
     processor = load_processor(args.processor)
     splitter = WindowSplitter(
         processor, max_length=args.max_length, overlap=args.overlap, prefix=args.prefix, train_on=args.train_on,
-        on_oversize=on_oversize, on_error=on_error,
+        on_oversize=on_oversize, on_error=on_error, format=args.format,
+        base_dir=None if args.image_dir is None else os.path.abspath(args.image_dir),
     )
     return ds, splitter
 
@@ -393,6 +402,19 @@ def _at_least(minimum: int):
 
     parse.__name__ = f"integer >= {minimum}"
     return parse
+
+
+def _data_format(text: str) -> str:
+    """An argparse type: a row format name (`chunker.formats`); the output formats point at --out-format."""
+    if text in OUT_FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is an output format: --format names the rows' format ({', '.join(('auto', *FORMATS))}); "
+            f"write the windows as {text} with --out-format {text}"
+        )
+    try:
+        return check_format(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -242,6 +242,10 @@ def _check_text_kept(processor) -> None:
         )
 
 
+_OPENAI_ITEM = {"video": "video_url", "audio": "input_audio"}
+_NOUN = {"video": "a video", "audio": "audio"}
+
+
 def collect_media(messages, column, row):
     """Messages with image items reduced to {"type": "image"}, and the images in order (inline or column).
 
@@ -267,9 +271,12 @@ def collect_media(messages, column, row):
                     items.append({"type": "image"})
                 elif kind in ("video", "audio"):
                     raise RowFormatError(
-                        f"the conversation holds a {{'type': {kind!r}}} item: conversational rows with {kind}s are not "
-                        f"split yet (the chat template may drop the {kind} silently). Remove the item, or pass "
-                        "pre-tokenized rows with the processor's video tensors",
+                        f"the conversation holds {_NOUN[kind]} (a {{'type': {kind!r}}} item; in LLaMA-Factory, LLaVA "
+                        f"and ShareGPT rows a <{kind}> placeholder, in OpenAI rows a {_OPENAI_ITEM[kind]} item): "
+                        f"conversational rows with {kind} are not split yet (the chat template may drop the {kind} "
+                        f"silently). Remove the {kind} and its placeholder, or "
+                        + ("pass pre-tokenized rows with the processor's video tensors" if kind == "video" else
+                           "split the rows without it: no supported family takes audio"),
                         row=row,
                     )
                 elif kind == "text":

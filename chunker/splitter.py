@@ -15,6 +15,7 @@ its `skip_reason`); `SplitStats.from_windows` counts rows, windows and skips fro
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ from .errors import (
     PrefixError,
     RowFormatError,
 )
+from .formats import check_format, is_conversational, normalize_row
 from .labels import (
     IGNORE,
     find_marker,
@@ -43,6 +45,7 @@ from .labels import (
 )
 from .media import TENSOR_STREAMS, check_counts, slice_plan, take_items
 from .plan import check_config, plan_windows
+from .sources import BASE_DIR_COLUMN
 from .spans import IMAGE, VIDEO, Spans, batch_spans, find_image_spans, media_mask
 
 PREFIXES = ("bos", "system", "none")
@@ -235,9 +238,9 @@ _NONE.flags.writeable = False
 class WindowSplitter:
     """Split long multimodal rows into windows of at most `max_length` tokens that never cut a media span.
 
-    Use it as a batched map function; it accepts conversational rows (TRL or Unsloth format, roles such as
-    human/gpt/model accepted) and pre-tokenized rows (`input_ids` + `labels` or an assistant mask + `images`
-    or pixel tensors).
+    Use it as a batched map function; it accepts conversational rows (TRL, Unsloth, LLaMA-Factory / ms-swift,
+    LLaVA, ShareGPT or OpenAI format, recognized per row; see `chunker.formats`) and pre-tokenized rows
+    (`input_ids` + `labels` or an assistant mask + `images` or pixel tensors).
 
     Args:
         processor: the model's transformers processor (tokenizes conversations, renders its chat template,
@@ -266,9 +269,14 @@ class WindowSplitter:
         drop_unsupervised: leave out windows that train no token (e.g. a window holding only a user
             prompt and its images); counted in each kept window's `dropped_windows` column.
         template_kwargs: extra keywords for `apply_chat_template` (e.g. {"enable_thinking": False}).
+        format: the conversational rows' format: "auto" (default) recognizes each row; "trl", "unsloth",
+            "llama_factory" (also ms-swift), "llava", "sharegpt" or "openai" forces one (see `chunker.formats`).
+        base_dir: folder that relative media paths are read from (e.g. LLaVA's image folder); when None, a
+            row's `_base_dir` column (which `chunker.sources.load_rows` adds: the data file's folder), else the
+            working directory. The window rows carry the resolved (absolute) sources.
 
     Raises:
-        ConfigError: settings that can never make a window, unknown policies; image_tokens_from="sizes"
+        ConfigError: settings that can never make a window, unknown policies or format; image_tokens_from="sizes"
             for a family whose counts cannot be computed exactly from sizes (e.g. PaliGemma).
         UnsupportedProcessorError: no family matches the processor and no spec was passed.
         GrammarError: the family grammar does not recover the processor's own output on a probe (checked
@@ -301,6 +309,8 @@ class WindowSplitter:
         image_tokens_from: str = "pixels",
         drop_unsupervised: bool = False,
         template_kwargs: dict | None = None,
+        format: str = "auto",
+        base_dir=None,
     ):
         from .labels import TRAIN_ON
 
@@ -347,6 +357,8 @@ class WindowSplitter:
         self.image_tokens_from = image_tokens_from
         self.drop_unsupervised = bool(drop_unsupervised)
         self.template_kwargs = dict(template_kwargs or {})
+        self.format = check_format(format)
+        self.base_dir = None if base_dir is None else os.fspath(base_dir)
         self.vocab_size = _vocab_size(processor)
         self._encoder = None
         if image_tokens_from == "sizes":
@@ -384,6 +396,7 @@ class WindowSplitter:
         batch = as_columns(batch)
         n = len(next(iter(batch.values()))) if batch else 0
         indices = self.row_indices(batch, indices, n)
+        media = [k for k in ("images", "videos") if k in batch or (k == "images" and is_conversational(batch))]
         rows = []
         for i, index in enumerate(indices):
             row = {k: v[i] for k, v in batch.items()}
@@ -393,10 +406,23 @@ class WindowSplitter:
                 if not self.skips(exc):
                     raise
                 rows.append(self.ledger_row(int(index), exc))
+                if "images" in media and "images" not in batch:
+                    # the row's images as it gave them: a map whose first batch is all skipped rows then types
+                    # the column as the windows of later batches do (an all-null column could not take them)
+                    rows[-1]["images"] = self._given_images(row, int(index))
         keys = list(self.ledger_row(0, ChunkerError()))
-        media = [k for k in ("images", "videos") if k in batch or (k == "images" and "messages" in batch)]
         at = keys.index("source_index")
         return _as_columns(rows, keys[:at] + media + keys[at:])
+
+    def _given_images(self, example: dict, row) -> list | None:
+        """The image sources a conversational row names (normalized, not decoded), or None when it cannot say."""
+        try:
+            conversation = normalize_row(example, format=self.format,
+                                         base_dir=self.base_dir or example.get(BASE_DIR_COLUMN), row_index=row)
+        except ChunkerError:
+            return None
+        images = conversation.get("images")
+        return None if images is None else list(images)
 
     def row_indices(self, batch, indices, n: int) -> np.ndarray:
         """The rows' `source_index` values: `indices`, else an index column of the batch; else refuse."""
@@ -464,11 +490,12 @@ class WindowSplitter:
             raise RowFormatError(f"a row must be a dict of columns, got {type(example).__name__}", row=row)
         if example.get("input_ids") is not None:
             return self._parse_tokens(example, row)
-        if example.get("messages") is not None:
+        if is_conversational(example):
             return self._parse_messages(example, row)
         raise RowFormatError(
-            f"unknown row format with columns {sorted(example)}: expected 'messages' (TRL/Unsloth conversational, "
-            "with images inline or in an 'images' column) or 'input_ids' with 'labels' or an assistant mask",
+            f"unknown row format with columns {sorted(example)}: expected a conversation ('messages' in TRL, Unsloth, "
+            "LLaMA-Factory or OpenAI format, or 'conversations' in LLaVA or ShareGPT format) or 'input_ids' with "
+            "'labels' or an assistant mask",
             row=row,
         )
 
@@ -490,10 +517,10 @@ class WindowSplitter:
                       None if images is None else list(images), example.get("videos"))
 
     def _parse_messages(self, example, row) -> Parsed:
-        if len(example["messages"]) == 0:
-            raise EmptyConversationError("the conversation has no messages: drop the row", row=row)
-        enc = self._conversation_encoder()(example["messages"], example.get("images"), row=row,
-                                           base_dir=example.get("_base_dir"))
+        base_dir = self.base_dir or example.get(BASE_DIR_COLUMN)
+        conversation = normalize_row(example, format=self.format, base_dir=base_dir, row_index=row)
+        enc = self._conversation_encoder()(conversation["messages"], conversation["images"], row=row,
+                                           base_dir=base_dir)
         return Parsed(enc.ids, None, enc.mask, enc.tensors, enc.images, None, enc.system_end, True)
 
     def _conversation_encoder(self):
@@ -544,8 +571,7 @@ class WindowSplitter:
         """
         n = len(batch.offsets) - 1
         found = batch_spans(self.spec, batch.ids, batch.offsets) if batch.checked else None
-        parsed, media = [None] * n, [None] * n
-        out = [None] * n
+        parsed, media, failed = [None] * n, [None] * n, [None] * n
         for i in range(n):
             row = int(rows[i])
             try:
@@ -553,13 +579,14 @@ class WindowSplitter:
                 if found is not None:
                     media[i] = self.media(parsed[i], row)
             except ChunkerError as exc:
-                out[i] = self._skipped(exc)
+                failed[i] = exc  # raised (or skipped) in row order below, as the row path would
         whole = self._batch_supervision(batch, media) if found is not None else None
+        out = [None] * n
         for i in range(n):
-            if out[i] is not None:
-                continue
             row = int(rows[i])
             try:
+                if failed[i] is not None:
+                    raise failed[i]
                 if whole is None or not whole.trains[i]:
                     out[i] = self.analyse(parsed[i], row)
                     continue

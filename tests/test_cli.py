@@ -192,14 +192,14 @@ def test_split_arrow_writes_windows_report_and_counts_skipped_rows_across_proces
 
 
 def test_split_parquet_reloads_with_the_windows_of_dataset_map(clean, tmp_path, processor):
-    """`split --format parquet`: the Parquet file reloads with the same windows `Dataset.map(splitter)` makes."""
+    """`split --out-format parquet`: the Parquet file reloads with the same windows `Dataset.map(splitter)` makes."""
     import datasets
 
     from chunker import WindowSplitter
 
     out = tmp_path / "out"
     r = run_cli("split", clean["dir"] / "data.parquet", "-p", "demo", "-n", 128, "-k", 16, "--out", out,
-                "--format", "parquet", "--no-plot")
+                "--out-format", "parquet", "--no-plot")
     assert r.returncode == 0, r.stderr[-3000:]
     got = datasets.load_dataset("parquet", data_files=str(out / "windows.parquet"), split="train")
     ds = load_rows(str(clean["dir"] / "data.parquet"))
@@ -281,14 +281,14 @@ def test_split_refuses_earlier_output_in_out_and_overwrite_replaces_it(clean, tm
     assert main(argv) == 0
     capsys.readouterr()
     first = (out / "report.json").read_text()
-    r = run_cli(*argv, "--format", "parquet")
+    r = run_cli(*argv, "--out-format", "parquet")
     assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
     line = last_line(r.stderr)
     assert line == (f"chunker: error: --out {str(out)!r} already holds windows, report.json from an earlier split: "
                     "pass --overwrite to replace them, or choose another folder"), r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert (out / "report.json").read_text() == first and not (out / "windows.parquet").exists()
-    assert main([*argv, "--format", "parquet", "--overwrite"]) == 0
+    assert main([*argv, "--out-format", "parquet", "--overwrite"]) == 0
     capsys.readouterr()
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "windows.parquet"]
     assert json.loads((out / "report.json").read_text())["format"] == "parquet"
@@ -299,7 +299,7 @@ def test_split_into_a_file_or_over_its_own_data_is_refused(clean, tmp_path, caps
     exit 2 (the second would delete the data being split); the same commands into a fresh folder run."""
     taken = tmp_path / "taken.txt"
     taken.write_text("not a folder")
-    base = ["-p", "demo", "-n", "128", "--no-plot", "--format", "parquet"]
+    base = ["-p", "demo", "-n", "128", "--no-plot", "--out-format", "parquet"]
     assert main(["split", str(clean["dir"] / "data.jsonl"), *base, "--out", str(taken)]) == 2
     assert last_line(capsys.readouterr().err) == (f"chunker: error: --out {str(taken)!r} is a file, not a folder: "
                                                   "choose a folder for the windows and report")
@@ -354,3 +354,64 @@ def test_counts_out_of_range_are_one_usage_line(bad, good, clean):
     assert "Traceback" not in r.stderr
     args = build_parser().parse_args([*bad[:-2], *good])
     assert getattr(args, good[0].lstrip("-").replace("-", "_")) == int(good[1])
+
+
+@pytest.fixture(scope="module")
+def public(tmp_path_factory):
+    """LLaMA-Factory's mllm_demo.json and the LLaVA-Instruct records as published (tests/data/formats), with their
+    images made here: the demo's next to the file, LLaVA's in an image folder of their own."""
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("public")
+    data = ROOT / "tests" / "data" / "formats"
+    shutil.copy(data / "mllm_demo.json", folder / "mllm_demo.json")
+    (folder / "ann").mkdir()
+    shutil.copy(data / "llava_instruct.json", folder / "ann" / "llava.json")
+    paths = ["mllm_demo_data/1.jpg", "mllm_demo_data/2.jpg", "mllm_demo_data/3.jpg", "images/000000033471.jpg",
+             "images/000000033472.jpg", "images/part-000001/997bb945-628d-4724-b370-b84de974a19f.jpg"]
+    for k, path in enumerate(paths):
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", SIZES[k % 3], (40 * k, 120, 90)).save(folder / path)
+    return folder
+
+
+def test_check_counts_llama_factory_rows_as_the_processor_does(public, processor, capsys):
+    """`check` on mllm_demo.json as published: one image and the processor's own token count per row (the issue saw
+    0 tokens and a refusal per row), computed here from the conversation typed in TRL form."""
+    code = main(["check", str(public / "mllm_demo.json"), "-p", "demo", "-n", "48", "--json"])
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    raw = json.loads((public / "mllm_demo.json").read_text())
+    for got, row in zip(rows, raw, strict=True):
+        head, *rest = row["messages"]
+        conv = {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                                                              "text": head["content"][7:]}]}, *rest],
+                "images": [load_image(str(public / p)) for p in row["images"]]}
+        tokens, images, breaks = _truth(processor, conv, 48)
+        assert (got["tokens"], got["images"], got["breaks"]) == (tokens, images, breaks)
+        assert got["windows"] >= 2
+    assert code == (1 if any(r["breaks"] for r in rows) else 0)
+
+
+def test_split_reads_llava_rows_from_an_image_dir_and_format_names_the_rows_format(public, tmp_path, capsys):
+    """`split --format llava --image-dir DIR`: the LLaVA records' images are read from DIR and every row splits;
+    without --image-dir the missing images are counted by name. `--format parquet` (the output format's old
+    spelling) is one usage line pointing at --out-format, which writes the Parquet file."""
+    data = str(public / "ann" / "llava.json")
+    base = ["split", data, "-p", "demo", "-n", "40", "--no-plot"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--format", "llava", "--image-dir", str(public / "images")]) == 0
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert (report["rows"], report["skipped"], report["data_format"]) == (3, {}, "llava")
+    assert report["windows"] > 3
+    assert main([*base, "--out", str(tmp_path / "b")]) == 2  # every row skipped: no windows, a one-line error
+    err = capsys.readouterr().err
+    assert "no windows: all 3 rows were skipped {'ImageDecodeError': 3}" in last_line(err)
+    r = run_cli(*base, "--out", tmp_path / "c", "--format", "parquet")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert last_line(r.stderr).endswith("'parquet' is an output format: --format names the rows' format (auto, trl, "
+                                        "unsloth, llama_factory, llava, sharegpt, openai); write the windows as "
+                                        "parquet with --out-format parquet")
+    assert main([*base, "--out", str(tmp_path / "c"), "--image-dir", str(public / "images"),
+                 "--out-format", "parquet"]) == 0
+    assert (tmp_path / "c" / "windows.parquet").exists()

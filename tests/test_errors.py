@@ -157,7 +157,7 @@ CASES = {
     ),
     "unknown row format": (
         {"spec": GEMMA}, {"text": "hello", "images": ["a"]}, {"input_ids": GOOD, "images": ["a"]},
-        RowFormatError, "expected 'messages' (TRL/Unsloth conversational",
+        RowFormatError, "expected a conversation ('messages' in TRL, Unsloth, LLaMA-Factory or OpenAI format",
     ),
     "non-integer ids": (
         {"spec": GEMMA}, {"input_ids": [1.0, 2.5, 3.0]}, {"input_ids": [float(t) for t in GOOD], "images": ["a"]},

@@ -15,6 +15,8 @@ Using the collator needs `unsloth_zoo` (installed with `unsloth`); to use it wit
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..errors import ConfigError, EmptyBatchError, OversizeSpanError, RowFormatError
@@ -62,6 +64,11 @@ class ChunkingVisionDataCollator(UnslothVisionDataCollator):
         on_oversize: "raise" (default) when one image span cannot fit in `max_seq_length`, or "skip" the
             example (a batch whose every example is skipped raises `EmptyBatchError`).
         spec: an `ImageSpanSpec`, when the processor's family is not detected.
+        format: the examples' format: "auto" (default) recognizes each example; TRL and Unsloth examples go
+            through the stock collator's own handling, LLaMA-Factory / ms-swift, LLaVA, ShareGPT and OpenAI
+            examples are rewritten to TRL's layout first (`chunker.formats`); or force one of those names.
+        base_dir: folder relative image paths of rewritten examples are read from (else an example's
+            `_base_dir` column, else the working directory).
 
     Raises:
         ConfigError: no `max_seq_length` (on the call or the model), or settings no window can satisfy.
@@ -108,8 +115,11 @@ class ChunkingVisionDataCollator(UnslothVisionDataCollator):
         prefix: str = "bos",
         on_oversize: str = "raise",
         spec=None,
+        format: str = "auto",
+        base_dir=None,
     ):
         from ..collator import WindowCollator
+        from ..formats import check_format
         from ..splitter import WindowSplitter
 
         super().__init__(
@@ -141,6 +151,8 @@ class ChunkingVisionDataCollator(UnslothVisionDataCollator):
         if train_on_responses_only:
             markers = {"instruction_part": instruction_part, "response_part": response_part}
         self.overlap = int(overlap)
+        self.format = check_format(format)
+        self.base_dir = None if base_dir is None else os.fspath(base_dir)
         # Labels come from Unsloth's own rules (computed in _full_row), so train_on only matters when a row
         # reaches the splitter without labels, which this collator never does.
         self.splitter = WindowSplitter(
@@ -161,9 +173,9 @@ class ChunkingVisionDataCollator(UnslothVisionDataCollator):
             examples = [self.formatting_func(example) for example in examples]
         rows, full_labels = [], []
         for example in examples:
-            full = self._full_row(example)
-            full_labels.append(full["labels"])
             row = example.get("id", example.get("source_index")) if isinstance(example, dict) else None
+            full = self._full_row(self._canonical(example, row))
+            full_labels.append(full["labels"])
             try:
                 rows.extend(self.splitter.split_example(full, index=row))
             except OversizeSpanError as exc:
@@ -194,6 +206,33 @@ class ChunkingVisionDataCollator(UnslothVisionDataCollator):
             warnings.warn(f"ChunkingVisionDataCollator skipped an example ({exc}); `collator.skipped` counts every "
                           "skip by reason. This warning is shown once.", stacklevel=3)
         self.skipped[type(exc).__name__] += 1
+
+    def _canonical(self, example, row):
+        """An example in LLaMA-Factory, LLaVA, ShareGPT or OpenAI format rewritten as a TRL row (messages with
+        {"type": "image"} items + an `images` column of resolved sources, see `chunker.formats`); TRL and Unsloth
+        examples as they are, so the stock collator's own handling applies to them unchanged.
+
+        Raises:
+            RowFormatError: the example's parts disagree, or it holds a video or audio (not split yet).
+        """
+        from ..formats import detect_format, is_conversational, normalize_row
+
+        if not isinstance(example, dict) or not is_conversational(example):
+            return example
+        name = self.format if self.format != "auto" else detect_format(example, row_index=row)
+        if name in ("trl", "unsloth"):
+            return example
+        base_dir = self.base_dir or example.get("_base_dir")
+        out = normalize_row(example, format=name, base_dir=base_dir, row_index=row)
+        for kind in ("videos", "audios"):
+            if out.get(kind):
+                raise RowFormatError(
+                    f"the example holds {len(out[kind])} {kind[:-1]} item(s) (<{kind[:-1]}> placeholders): "
+                    f"ChunkingVisionDataCollator splits image conversations only; remove the {kind[:-1]}s and their "
+                    "placeholders, or leave such examples out",
+                    row=row,
+                )
+        return {k: v for k, v in out.items() if k != "_base_dir"}
 
     def _full_row(self, example) -> dict:
         """The whole conversation as the stock collator would see it untruncated: ids, labels, images."""

@@ -106,3 +106,40 @@ def test_window_features_type_images_when_the_first_batch_has_none():
     windows = ds.map(splitter, features=window_features(ds, splitter), **kwargs)
     assert windows.features["images"] == datasets.List(datasets.Image())
     assert sum(len(x) for x in windows["images"]) == expected
+
+
+def test_trl_recipe_on_llava_rows_keeps_every_image_and_gives_the_canonical_windows(tmp_path):
+    """The recipe on LLaVA-Instruct rows (an `image` path + from/value turns) whose first batch holds a text-only
+    row: window_features types the new `images` column, the windows are those of the same rows in TRL form, and
+    WindowCollator collates them."""
+    from PIL import Image
+
+    processor = build_processor("qwen2_vl")
+    for k, size in enumerate(((56, 84), (84, 56)), 1):
+        Image.new("RGB", size, (90 * k, 40, 160)).save(tmp_path / f"{k}.jpg")
+    turns = [{"from": "human", "value": "<image>\nWhat is shown here, in a few words?"},
+             {"from": "gpt", "value": "A red and white bus on a crowded street, with an advertisement on its back."},
+             {"from": "human", "value": "Is it moving?"}, {"from": "gpt", "value": "Yes, it drives down the street."}]
+    rows = [{"id": "t", "image": None, "conversations": [{"from": "human", "value": "Hello there, who are you?"},
+                                                         {"from": "gpt", "value": "An assistant that sees images."}]},
+            {"id": "a", "image": "1.jpg", "conversations": turns},
+            {"id": "b", "image": "2.jpg", "conversations": turns}]
+    ds = datasets.Dataset.from_list(rows)
+    splitter = WindowSplitter(processor, max_length=32, overlap=4, base_dir=tmp_path)
+    kwargs = {"batched": True, "batch_size": 1, "with_indices": True, "remove_columns": ds.column_names}
+    windows = ds.map(splitter, features=window_features(ds, splitter), **kwargs)
+    assert windows.features["images"] == datasets.List(datasets.Image())
+
+    def trl(row):
+        msgs = [{"role": {"human": "user", "gpt": "assistant"}[t["from"]], "content": t["value"]}
+                for t in row["conversations"]]
+        if row["image"]:
+            msgs[0]["content"] = [{"type": "image"}, {"type": "text", "text": msgs[0]["content"][len("<image>"):]}]
+        return {"messages": msgs, "images": [str(tmp_path / row["image"])] if row["image"] else []}
+
+    want = [w for i, r in enumerate(rows) for w in splitter.split_example(trl(r), i)]
+    assert windows["input_ids"] == [w["input_ids"].tolist() for w in want]
+    assert windows["labels"] == [w["labels"].tolist() for w in want]
+    assert sum(len(x) for x in windows["images"]) == sum(len(w["images"]) for w in want) >= 2
+    batch = WindowCollator(processor)([windows[i] for i in range(len(windows))])
+    assert batch["pixel_values"].shape[0] > 0

@@ -260,3 +260,55 @@ def test_oversize_image_raises_or_skips(unsloth):
         skipping(copy.deepcopy(rows))
     assert skipping.skipped == {"OversizeSpanError": 2}  # counted, never silent
     assert issubclass(EmptyBatchError, ChunkerError)
+
+
+def test_llama_factory_llava_and_openai_examples_collate_as_their_trl_form(unsloth, tmp_path):
+    """LLaMA-Factory rows as published (mllm_demo.json, paths relative to the data folder), LLaVA and OpenAI
+    examples give the very batch their TRL form gives (the stock path's own layout); a LLaMA-Factory example with a
+    <video> is refused by name, its twin without the video collates."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from chunker import RowFormatError
+
+    _, ours_cls = unsloth
+    processor = build_processor("qwen2_vl")
+    model = build_model("qwen2_vl", processor)
+    for k, size in enumerate(((56, 84), (84, 56), (56, 56)), 1):
+        (tmp_path / "mllm_demo_data").mkdir(exist_ok=True)
+        Image.new("RGB", size, (60 * k, 90, 200)).save(tmp_path / "mllm_demo_data" / f"{k}.jpg")
+    demo = Path(__file__).parent.parent / "data" / "formats" / "mllm_demo.json"
+    rows = json.loads(demo.read_text())[:3]
+    first = str(tmp_path / "mllm_demo_data" / "1.jpg")
+
+    def trl(row):
+        head, *rest = row["messages"]
+        text = head["content"].removeprefix("<image>")
+        return {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]},
+                             *[{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]}
+                               for m in rest]],
+                "images": [str(tmp_path / p) for p in row["images"]]}
+
+    llava = {"image": "mllm_demo_data/1.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nWho are they?"}, {"from": "gpt", "value": "Kane and Gretzka."}]}
+    question = [{"type": "image"}, {"type": "text", "text": "\nWho are they?"}]
+    llava_trl = {"messages": [{"role": "user", "content": question},
+                              {"role": "assistant", "content": [{"type": "text", "text": "Kane and Gretzka."}]}],
+                 "images": [first]}
+    url = {"type": "image_url", "image_url": {"url": Path(first).as_uri()}}
+    openai = {"messages": [{"role": "user", "content": [url, {"type": "text", "text": "\nWho are they?"}]},
+                           {"role": "assistant", "content": [{"type": "text", "text": "Kane and Gretzka."}]}]}
+    collator = ours_cls(model, processor, max_seq_length=40, overlap=4, base_dir=tmp_path)
+    got = collator(copy.deepcopy([*rows, llava, openai]))
+    want = collator([*(trl(r) for r in rows), llava_trl, copy.deepcopy(llava_trl)])
+    assert got["input_ids"].shape[0] > 5 and set(got) == set(want)
+    for key in got:
+        assert np.array_equal(got[key].numpy(), want[key].numpy()), key
+    video = {**rows[0], "messages": [{"role": "user", "content": "<video><image>Who are they?"},
+                                     *rows[0]["messages"][1:]], "videos": ["a.mp4"], "id": 7}
+    with pytest.raises(RowFormatError, match=r"row 7: the example holds 1 video item"):
+        collator([video])
+    assert collator([{**rows[0], "id": 7}])["input_ids"].shape[0] >= 1
