@@ -250,8 +250,10 @@ def _tail_match(text: str, at: int, rendered: str) -> int:
 
 
 def token_mask(offsets, ranges) -> np.ndarray:
-    """Which tokens lie in the character ranges: a token is in when its start offset lies in a range
-    [start, end) and its span is not empty (special tokens a tokenizer adds have (0, 0)).
+    """Which tokens lie in the character ranges: a token is in when its span is not empty (special tokens a
+    tokenizer adds have (0, 0)) and it starts in a range [start, end), or holds a range's first character
+    (a generation prompt that ends in a space: "Assistant: " + "the" tokenizes as "Assistant:" + " the", and
+    " the" is the answer's first token, which must train).
 
     Args:
         offsets: (n, 2) character offsets of the tokens, as a fast tokenizer's `return_offsets_mapping` gives.
@@ -263,6 +265,8 @@ def token_mask(offsets, ranges) -> np.ndarray:
     Example:
         >>> token_mask([(0, 0), (0, 3), (3, 5), (5, 9), (9, 12)], [(3, 9)]).tolist()
         [False, False, True, True, False]
+        >>> token_mask([(0, 3), (3, 7), (7, 9)], [(4, 9)]).tolist()  # (3, 7) holds the answer's first character
+        [False, True, True]
     """
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     ranges = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
@@ -275,7 +279,10 @@ def token_mask(offsets, ranges) -> np.ndarray:
     reach = np.maximum.accumulate(ranges[:, 1])
     last = np.searchsorted(ranges[:, 0], tok_start, side="right") - 1
     covered = (last >= 0) & (tok_start < reach[np.maximum(last, 0)])
-    return covered & (tok_end > tok_start)
+    opens = ranges[ranges[:, 1] > ranges[:, 0], 0]  # a range that starts strictly inside a token
+    nxt = np.searchsorted(opens, tok_start, side="right")
+    straddles = (nxt < len(opens)) & (opens[np.minimum(nxt, max(len(opens) - 1, 0))] < tok_end) if len(opens) else False
+    return (covered | straddles) & (tok_end > tok_start)
 
 
 class TemplateRenderer:

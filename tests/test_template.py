@@ -138,6 +138,22 @@ EXPECTED = {
         "A red ball. ASSISTANT: USER: <|im_start|><|im_end|>",
         "ASSISTANT: done<|im_end|>",
     ],
+    # As llava-1.5 (a system turn is its bare text): "ASSISTANT:" is the prompt, " " after each text is layout.
+    "llava-hf--LLaVA-NeXT-Video-7B-hf": [
+        " A red ball. ASSISTANT: USER: <|im_start|>",
+        " ASSISTANT: done",
+    ],
+    # The prompt is "Assistant: " (its space included); the template closes every answer with eos_token.
+    "PaddlePaddle--PaddleOCR-VL": [
+        "A red ball. ASSISTANT: USER: <|im_start|></s>",
+        "ASSISTANT: done</s>",
+    ],
+    # The prompt is "<|assistant|>\n"; the template prints an assistant's content as is, so a list of content items
+    # comes out as its Python repr, and no end-of-turn token follows an answer (the next turn's "<|user|>" opens).
+    "zai-org--GLM-4.1V-9B-Thinking": [
+        "[{'type': 'text', 'text': 'A red ball. ASSISTANT: USER: <|im_start|>'}]",
+        "[{'type': 'text', 'text': 'ASSISTANT: done'}]",
+    ],
     # Each text is rendered as "\n" + text after the "<|im_start|>assistant\n" prompt.
     "KamilaMila--FastVLM-1.5B": [
         "\nA red ball. ASSISTANT: USER: <|im_start|><|im_end|>",
@@ -375,8 +391,11 @@ def test_token_mask_marks_exactly_the_answer_tokens(name):
 def test_token_mask_skips_empty_spans_and_reads_start_offsets():
     offsets = [(0, 0), (0, 2), (2, 4), (4, 4), (4, 7), (7, 9), (9, 12)]
     assert token_mask(offsets, [(2, 7)]).tolist() == [False, False, True, False, True, False, False]
-    # a token that starts inside and runs past the end is in; one that starts before is out
-    assert token_mask([(1, 3), (3, 8)], [(2, 5)]).tolist() == [False, True]
+    # a token that starts inside and runs past the end is in; one that starts before and holds the range's first
+    # character is in too (an answer whose first token swallowed the prompt's trailing space); one that ends at the
+    # range's start is out
+    assert token_mask([(1, 3), (3, 8)], [(2, 5)]).tolist() == [True, True]
+    assert token_mask([(0, 2), (2, 5)], [(2, 5)]).tolist() == [False, True]
 
 
 def test_token_mask_with_unsorted_touching_overlapping_and_empty_ranges():

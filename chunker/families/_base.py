@@ -17,7 +17,11 @@ ADAPTERS: list[type[FamilyAdapter]] = []
 
 
 def register(cls):
-    """Class decorator: make `cls` one of the families `adapter_for` detects."""
+    """Class decorator: make `cls` one of the families `adapter_for` detects, and its media tensors known
+    (`cls.tensor_streams` joins `chunker.media.TENSOR_STREAMS`, which every stage reads)."""
+    from ..media import TENSOR_STREAMS
+
+    TENSOR_STREAMS.update(dict(cls.tensor_streams))
     ADAPTERS.append(cls)
     return cls
 
@@ -37,6 +41,8 @@ class FamilyAdapter:
         bos: windows after the first repeat the tokenizer's BOS when the row starts with it.
         prefix_media: media live only in a leading prefix that every window repeats (PaliGemma).
         pixel_rules: (tensor key, rule, axis) triples: how many leading rows of the tensor each item owns.
+        tensor_streams: (tensor key, stream) pairs: media tensors of the family beyond the common ones and their
+            stream (IMAGE, VIDEO); one row per item unless `pixel_rules` says otherwise (Gemma 4's `image_position_ids`).
         count_rule: how the collator derives each item's placeholder count from its media metadata.
         sizes_recipe: how the sizes expander stands in for the image processor's output (None: refused,
             `sizes_refused` says why).
@@ -64,6 +70,7 @@ class FamilyAdapter:
     group_crops = False
     batch_axis_pixels = False
     pixel_rules: tuple = ()
+    tensor_streams: tuple = ()
     count_rule = "fixed"
     sizes_recipe: str | None = None
     sizes_refused = "no size recipe is known for it"
@@ -182,6 +189,24 @@ class FamilyAdapter:
             "the images, or the pixel tensors with their metadata (grid_thw, image_sizes), or check=False"
         )
 
+    def position_ids(self, batch: dict, starts, model=None):
+        """`position_ids` of a packed batch: positions restart at every window (a hook: Qwen-VL's 3-D rope).
+
+        transformers builds a block-diagonal causal mask from these when `attention_mask` is None, so no token
+        attends across windows.
+
+        Args:
+            batch: the collated batch (`input_ids`, the type-id column, media tensors), `(B, L)` rows.
+            starts: `(B, L)` bool, True where a window (or a row's padding) starts (`chunker.ops.segment_starts`).
+            model: the model, for families whose positions its own function computes; else None.
+
+        Returns:
+            The tensor the model's forward takes as `position_ids`: `(B, L)` int64 here.
+        """
+        from ..ops import segment_positions
+
+        return segment_positions(starts)
+
     def video_item_tokens(self, tensors: dict):
         """Placeholder tokens each video item of a window needs (1-D int64 tensor; none by default)."""
         import torch
@@ -216,6 +241,10 @@ def token_id(processor, ref: str, family: str) -> int:
 def adapter_for_spec(spec: ImageSpanSpec, processor=None) -> FamilyAdapter:
     """The adapter of the family a spec names (its hooks, with the spec as grammar), or a hook-less one for a
     hand-made spec; `processor` may be None for pre-tokenized rows."""
+    if "learned" in spec.extra:
+        from .learned import Learned
+
+        return Learned(processor, spec)
     cls = next((c for c in ADAPTERS if c.name == spec.family), None)
     if cls is None:
         return FamilyAdapter.custom(processor, spec)
@@ -223,20 +252,29 @@ def adapter_for_spec(spec: ImageSpanSpec, processor=None) -> FamilyAdapter:
 
 
 def adapter_for(processor) -> FamilyAdapter:
-    """The family adapter of `processor`, detected from its class hierarchy.
+    """The family adapter of `processor`: a written family detected from its class hierarchy, else one learned from
+    the processor's output when its grammar is a plain bracket (`chunker.families.learned`).
 
     Raises:
-        UnsupportedProcessorError: no family matches; the message names the class and how to pass a spec.
+        UnsupportedProcessorError: a class refused for a known reason (`chunker.families.refused`), or no written
+            family matches and none can be learned; the message names the class, why, and how to pass a spec.
     """
     # the most specific family wins: a subclass of a family's processor (LLaVA-OneVision's of LLaVA-NeXT's) is its own
     ranked = [(r, cls) for cls in ADAPTERS if (r := cls.rank(processor)) is not None]
     if ranked:
         return min(ranked, key=lambda rc: rc[0])[1](processor)
-    raise UnsupportedProcessorError(
-        f"no family grammar for processor class {type(processor).__name__}: supported are "
-        f"{sorted(c.name for c in ADAPTERS)}. Pass spec=chunker.ImageSpanSpec(family='custom', kind=..., "
-        "image_token_id=..., ...) describing how its images appear in input_ids"
-    )
+    from .learned import learn
+    from .refused import refusal
+
+    why = refusal(processor)
+    if why:
+        raise UnsupportedProcessorError(
+            f"processor class {type(processor).__name__} is not supported: {why}. Supported are "
+            f"{sorted(c.name for c in ADAPTERS)} and processors whose grammar is a plain bracket (learned). Pass "
+            "spec=chunker.ImageSpanSpec(family='custom', kind=..., image_token_id=..., ...) describing how its images "
+            "appear in input_ids if you know better"
+        )
+    return learn(processor)
 
 
 def zeros(shape):

@@ -1,10 +1,13 @@
-"""Gemma 3 (bracketed soft tokens, pan-and-scan crops grouped with their image) and PaliGemma (image prefix)."""
+"""Gemma 3 (bracketed soft tokens, pan-and-scan crops grouped with their image), PaliGemma (image prefix) and Gemma 4
+(bracketed soft tokens counted from each image's size)."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-from ..spans import group_spans
+from ..spans import IMAGE, group_spans
 from ._base import FamilyAdapter, register
 from .sizes import image_settings
 
@@ -38,6 +41,34 @@ class Gemma3(FamilyAdapter):
             return group_spans(spans, 1 + np.asarray(tensors["num_crops"]).reshape(-1))
         return spans
 
+    def position_ids(self, batch, starts, model=None):
+        """Positions restarting at every window; refused where transformers would mask a packed row's images wrong.
+
+        Gemma 3 lets an image's tokens attend to each other both ways (a block overlay from `token_type_ids`).
+        transformers releases whose `masking_utils` has `remap_positions_for_packed_sequence` (5.24, not 5.17) pass
+        that overlay, in the sliding-window layers, through the per-window positions, so it reads the image blocks
+        at the wrong places for every window after a row's first (measured: logits 0.45 off). Such a batch is
+        refused rather than trained wrong.
+        """
+        from transformers import masking_utils
+
+        from ..errors import ConfigError
+
+        positions = super().position_ids(batch, starts, model)
+        image = batch.get("token_type_ids")
+        if image is not None and hasattr(masking_utils, "remap_positions_for_packed_sequence"):
+            index = _raw_index(positions)
+            if bool(((image == 1) & (positions != index)).any()):
+                import transformers
+
+                raise ConfigError(
+                    f"transformers {transformers.__version__} builds Gemma 3's sliding-window masks of packed rows "
+                    "with the image-block overlay at the wrong positions for images in a row's second or later "
+                    "window, which would train on wrong attention: collate Gemma 3 windows unpacked (no "
+                    "pack_windows, padding_free=False), or use transformers 5.17, where packed rows train exactly"
+                )
+        return positions
+
     def crops_per_image(self, sizes, processor_kwargs):
         """Pan-and-scan crops of each (height, width) image, from the image processor's own crop rule; None when off.
 
@@ -67,6 +98,13 @@ class Gemma3(FamilyAdapter):
         return {"num_crops": crops or [0] * len(sizes)}, tensors
 
 
+def _raw_index(positions):
+    """`(B, L)` raw indices 0..L-1 of a batch of positions."""
+    import torch
+
+    return torch.arange(positions.shape[-1], device=positions.device).expand_as(positions)
+
+
 @register
 class PaliGemma(FamilyAdapter):
     name = "paligemma"
@@ -78,3 +116,60 @@ class PaliGemma(FamilyAdapter):
     prefix_media = True
     count_rule = "fixed"
     sizes_refused = "its processor rewrites the text itself (images first, BOS after them)"
+
+
+@register
+class Gemma4(FamilyAdapter):
+    """Gemma 4: `<|image> <|image|>×N <image|>` with N from each image's size (aspect-preserving resize to at most
+    `max_soft_tokens` pooled patches); one padded pixel row and one `image_position_ids` row per image, whose
+    non-padding patches (not (-1, -1)) say N."""
+
+    name = "gemma4"
+    classes = ("Gemma4Processor",)
+    kind = "bracket"
+    image = "attr:image_token"
+    open = ("attr:boi_token",)
+    close = ("attr:eoi_token",)
+    type_ids_column = "mm_token_type_ids"
+    tensor_streams = (("image_position_ids", IMAGE),)
+    bos = True
+    count_rule = "sizes"
+    sizes_recipe = "soft_tokens"
+
+    def build_spec(self):
+        from dataclasses import replace
+
+        from .learned import guarded_ids
+
+        return replace(super().build_spec(), body_ids=guarded_ids(self.processor))  # its audio spans: never cut
+
+    def expected_item_tokens(self, tensors, stream):
+        if stream != IMAGE or "image_position_ids" not in tensors:
+            return None
+        real = (np.asarray(tensors["image_position_ids"]) != -1).all(-1).sum(-1)
+        return (real // self.pooled_patches).astype(np.int64)
+
+    def item_tokens(self, tensors, tiles=None):
+        import torch
+
+        if "image_position_ids" not in tensors:
+            return super().item_tokens(tensors, tiles)
+        real = (torch.as_tensor(tensors["image_position_ids"]) != -1).all(-1).sum(-1)
+        return (real // self.pooled_patches).to(torch.int64), False
+
+    @property
+    def pooled_patches(self) -> int:
+        """Patches per soft token (the pooling kernel's area)."""
+        return int(self.processor.image_processor.pooling_kernel_size) ** 2
+
+    def size_inputs(self, expander, sizes):
+        ip = self.processor.image_processor
+        resize = sys.modules[type(ip).__module__].get_aspect_ratio_preserving_size
+        patch, pool, budget = (int(expander.settings.get(k) or getattr(ip, k))
+                               for k in ("patch_size", "pooling_kernel_size", "max_soft_tokens"))
+        counts = []
+        for height, width in sizes:
+            h, w = resize(height=height, width=width, patch_size=patch, max_patches=budget * pool**2,
+                          pooling_kernel_size=pool)
+            counts.append((h // patch) * (w // patch) // pool**2)
+        return {"num_soft_tokens_per_image": counts}, {}

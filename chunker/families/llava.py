@@ -1,4 +1,5 @@
-"""LLaVA 1.5 (`<image>×N` runs), LLaVA-NeXT and LLaVA-OneVision (runs whose length follows each image's size)."""
+"""LLaVA 1.5 (`<image>×N` runs), LLaVA-NeXT, LLaVA-NeXT-Video and LLaVA-OneVision (runs whose length follows each
+image's size)."""
 
 from __future__ import annotations
 
@@ -108,3 +109,12 @@ class LlavaOnevision(LlavaNext):
             default = getattr(self.processor, "vision_feature_select_strategy", "default") == "default"
             return [self.processor.num_image_tokens + 1 - int(default)] * len(image_sizes)
         return super().item_counts(image_sizes, pixel_size)
+
+
+@register
+class LlavaNextVideo(LlavaNext):
+    """As LLaVA-NeXT for images (its own processor class, not a subclass); a video is one `<video>` run."""
+
+    name = "llava_next_video"
+    classes = ("LlavaNextVideoProcessor",)
+    video = "attr:video_token"

@@ -51,11 +51,63 @@ class _Qwen(FamilyAdapter):
 
         return torch.as_tensor(grid).reshape(-1, 3).to(torch.int64).prod(-1) // (self.merge_size ** 2)
 
+    def position_ids(self, batch, starts, model=None):
+        """`(4, B, L)`: text positions restarting at every window (the mask's source), then the 3-D rope positions
+        of each window as if it were alone: from the model's own `get_rope_index` run on the windows as rows when
+        `model` is given, else from the image grids and the merge size (images only)."""
+        import torch
+
+        from ..errors import ConfigError
+        from ..ops import mrope_image_positions, segment_positions
+
+        text = segment_positions(starts)
+        if model is not None:
+            rope = _rope_per_window(batch, starts, model)
+        elif "video_grid_thw" in batch:
+            raise ConfigError(
+                "packed Qwen-VL rows with videos need the model's own rope rule: pass WindowCollator(processor, "
+                "model=model)"
+            )
+        else:
+            rope = mrope_image_positions(batch["mm_token_type_ids"], starts, batch.get("image_grid_thw", ()),
+                                         self.merge_size)
+        return torch.cat([text[None], rope.to(text.dtype)], 0)
+
     def size_inputs(self, expander, sizes):
         ip = self.processor.image_processor
         # replace_image_token reads only the grid's product (patches), which is all this needs to hold
         patches = [int(ip.get_number_of_image_patches(h, w, dict(expander.settings))) for h, w in sizes]
         return {"image_grid_thw": np.array([[1, 1, q] for q in patches])}, {}
+
+
+def _rope_per_window(batch, starts, model):
+    """The model's `get_rope_index` on the packed windows laid out as rows of their own, put back in place."""
+    import torch
+
+    owner, rope_index = model, None
+    for _ in range(6):  # the model, its inner model, or a wrapper's (PEFT, Unsloth) base model
+        rope_index = getattr(owner, "get_rope_index", None)
+        if rope_index is not None or getattr(owner, "model", None) is None:
+            break
+        owner = owner.model
+    if rope_index is None:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"model= ({type(model).__name__}) has no get_rope_index: pass the Qwen-VL model, or no model")
+    ids = batch["input_ids"]
+    b, n = ids.shape
+    seg = starts.reshape(-1).cumsum(0) - 1
+    pos = torch.arange(b * n, device=ids.device)
+    local = pos - torch.where(starts.reshape(-1), pos, 0).cummax(0).values
+    lengths = torch.bincount(seg)
+    rows = torch.zeros((len(lengths), int(lengths.max())), dtype=ids.dtype, device=ids.device)
+    types = torch.zeros_like(rows)
+    rows[seg, local] = ids.reshape(-1)
+    types[seg, local] = batch["mm_token_type_ids"].reshape(-1).to(rows.dtype)
+    mask = torch.arange(rows.shape[1], device=ids.device) < lengths[:, None]
+    extra = {k: batch[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if k in batch}
+    rope, _ = rope_index(rows, mm_token_type_ids=types, attention_mask=mask.to(torch.int64), **extra)
+    return rope[:, seg, local].reshape(3, b, n)
 
 
 @register

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 FAMILIES_A = ("gemma3", "paligemma", "llava", "llava_next", "llava_onevision", "pixtral", "mistral3")
 FAMILIES_B = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm", "internvl")
-FAMILIES = FAMILIES_A + FAMILIES_B
+FAMILIES_C = ("gemma4", "llava_next_video")
+FAMILIES_D = ("paddleocr_vl", "glm4v")
+FAMILIES = FAMILIES_A + FAMILIES_B + FAMILIES_C + FAMILIES_D
+# processors whose grammar is learned, not written (chunker.families.learned), tested on pre-tokenized rows
+LEARNED = ("janus", "gemma3n")
 
 
 def _module(family: str):
@@ -15,8 +19,12 @@ def _module(family: str):
         from . import families_a as mod
     elif family in FAMILIES_B:
         from . import families_b as mod
+    elif family in FAMILIES_C + LEARNED:
+        from . import families_c as mod
+    elif family in FAMILIES_D:
+        from . import families_d as mod
     else:
-        raise ValueError(f"unknown test family {family!r}: choose one of {FAMILIES}")
+        raise ValueError(f"unknown test family {family!r}: choose one of {FAMILIES + LEARNED}")
     return mod
 
 

@@ -31,7 +31,25 @@ def image_only(processor_cls: type) -> type:
 
     sub = type(
         f"{processor_cls.__name__}ImageOnly",
-        (processor_cls,),
+        (processor_cls, _without_video()),
         {"get_attributes": classmethod(get_attributes), "__module__": __name__},
     )
     return sub
+
+
+@cache
+def _without_video() -> type:
+    """A `ProcessorMixin` step placed after the real class in the MRO: it drops the `video_processor=None` that some
+    classes hand on to `ProcessorMixin.__init__` by name (Gemma 4) or by position (LLaVA-NeXT-Video)."""
+    from transformers.processing_utils import ProcessorMixin
+
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("video_processor", 0) is None:
+            del kwargs["video_processor"]
+        real = type(self).__mro__[1].get_attributes()  # the real class's attributes, in its signature's order
+        at = real.index("video_processor") if "video_processor" in real else len(args)
+        if at < len(args) and args[at] is None:
+            args = args[:at] + args[at + 1:]
+        ProcessorMixin.__init__(self, *args, **kwargs)
+
+    return type("WithoutVideoProcessor", (ProcessorMixin,), {"__init__": __init__, "__module__": __name__})
