@@ -22,6 +22,7 @@ from .errors import (
     TemplateError,
     UnsupportedProcessorError,
 )
+from .pack import pack_windows
 from .plan import Window, plan_windows
 from .spans import Spans, find_image_spans
 from .spec import ImageSpanSpec
@@ -67,5 +68,6 @@ __all__ = [
     "WindowSplitter",
     "drop_skipped",
     "find_image_spans",
+    "pack_windows",
     "plan_windows",
 ]

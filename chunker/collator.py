@@ -7,6 +7,14 @@
     batch = pad_batch(rows, pad_token_id, type_ids_column=spec.type_ids_column)
     check_batch(batch, media, spec, rows=rows)                 # every span vs its own item, one host sync
     batch.update(media.model_inputs(processor))
+    batch = pack_positions(batch, [r.segments for r in rows], adapter)   # packed rows (`pack_windows`) only
+
+A packed row (`chunker.pack_windows`) is one batch row whose windows train as if each were alone:
+
+    input_ids      [a a a a b b b c c c PAD]      segment_lengths [4 3 3]
+    position_ids   [0 1 2 3 0 1 2 0 1 2 0  ]      restart per window (Qwen-VL: + 3-D rope per window)
+    labels         [- a a a - b b - c c -  ]      a window's first label is never a target of the previous window
+    attention_mask  (none)                        transformers builds the block-diagonal mask from position_ids
 
 How many placeholder tokens each media item needs is the family adapter's `item_tokens` hook
 (`chunker.families`); nothing here branches on the family.
@@ -34,7 +42,7 @@ from .errors import (
 )
 from .labels import IGNORE
 from .media import PER_ITEM_KEYS, TENSOR_STREAMS, load_image
-from .ops import ItemCheck, check_item_counts, item_token_counts, segment_sum
+from .ops import ItemCheck, check_item_counts, item_token_counts, segment_starts, segment_sum
 from .spans import VIDEO
 
 POLICIES = ("raise", "drop")
@@ -75,7 +83,8 @@ class WindowRow:
         images: the row's images as given (PIL images, paths, bytes, dicts), or None.
         tensors: media tensors the row carries already sliced (`pixel_values`, `image_grid_thw`, ...).
         name: "3 (source_index 7, window_index 1)", for messages.
-        source_index, window_index: where the window came from, when the row says.
+        source_index, window_index: where the window came from, when the row says (per window, packed rows).
+        segments: `(k,)` int64 token counts of the windows of a packed row (`segment_lengths`), else None.
     """
 
     ids: torch.Tensor
@@ -85,8 +94,9 @@ class WindowRow:
     images: list | None
     tensors: dict
     name: str
-    source_index: int | None = None
-    window_index: int | None = None
+    source_index: int | list | None = None
+    window_index: int | list | None = None
+    segments: torch.Tensor | None = None
 
 
 @dataclass
@@ -160,8 +170,17 @@ class BatchMedia:
         """The media tensors the model's forward takes (those in the processor's `model_input_names`)."""
         names = getattr(processor, "model_input_names", None) or ()
         tensors = self.tensors()
-        return {k: tensors[k] for k in MODEL_MEDIA_KEYS
+        return {k: tensors[k] for k in model_media_keys()
                 if k in tensors and (not names or k in names or k == "pixel_values")}
+
+
+def model_media_keys() -> tuple:
+    """The media tensors a model's forward may take: the common ones and those a family adapter declares as its
+    own (`FamilyAdapter.tensor_streams`, e.g. Gemma 4's `image_position_ids`)."""
+    from .families import ADAPTERS
+
+    own = (k for cls in ADAPTERS for k, _ in cls.tensor_streams)
+    return MODEL_MEDIA_KEYS + tuple(dict.fromkeys(k for k in own if k not in MODEL_MEDIA_KEYS))
 
 
 def parse_rows(rows, spec, *, vocab_size: int | None = None, max_length: int | None = None) -> list[WindowRow]:
@@ -374,6 +393,62 @@ def _mismatch_error(result: ItemCheck, rows, spec) -> ImageTokenMismatchError:
     )
 
 
+def pack_positions(batch: dict, segments: list, adapter, *, model=None, padding_free: bool = False) -> dict:
+    """Turn a padded batch whose rows hold several windows into one that trains each window as if it were alone.
+
+    Positions restart at every window (the family adapter's `position_ids` hook: Qwen-VL gets `(4, B, L)`, the
+    text positions then the 3-D rope of each window); `attention_mask` is left out, so transformers builds a
+    block-diagonal causal mask from the positions (verified for sdpa and eager; flash-attention's varlen path
+    derives its sequence boundaries from the same positions, not verified here); the label at each window's first token is set to -100, so the last token of a window is
+    never trained to predict the next window's first token (a window alone never trains that label either: the
+    model shifts labels inside its loss). With `padding_free` the rows are laid end to end in one row
+    `(1, N)` without padding (the layout TRL's `padding_free=True` uses).
+
+    Args:
+        batch: `pad_batch` output (with the media tensors added).
+        segments: per row, the token counts of its windows (`WindowRow.segments`), or None for a row that is
+            one window.
+        adapter: the family adapter (`chunker.families.adapter_for(processor)`).
+        model: given to the adapter's `position_ids` hook (Qwen-VL: its own `get_rope_index`).
+        padding_free: lay all rows end to end in one row.
+
+    Returns:
+        The batch with `position_ids`, edited `labels`, no `attention_mask`, and `use_cache=False`. A batch of
+        one-window rows without `padding_free` is returned unchanged (positions come from the attention mask).
+
+    Example:
+        >>> from chunker import ImageSpanSpec
+        >>> from chunker.families import adapter_for_spec
+        >>> spec = ImageSpanSpec(family="custom", kind="bracket", image_token_id=7, open_ids=(5,), close_ids=(6,))
+        >>> rows = parse_rows([{"input_ids": [1, 2, 3, 4, 8, 9], "segment_lengths": [4, 2]}, {"input_ids": [3, 4]}], spec)
+        >>> batch = pack_positions(pad_batch(rows, 0), [r.segments for r in rows], adapter_for_spec(spec))
+        >>> batch["position_ids"].tolist(), batch["labels"].tolist(), "attention_mask" in batch
+        ([[0, 1, 2, 3, 0, 1], [0, 1, 0, 1, 2, 3]], [[-100, 2, 3, 4, -100, 9], [-100, 4, -100, -100, -100, -100]], False)
+    """
+    if not padding_free and all(s is None for s in segments):
+        return batch
+    batch = dict(batch)
+    ids = batch["input_ids"]
+    mask = batch.pop("attention_mask")
+    lengths = mask.sum(1) if mask is not None else torch.full((ids.shape[0],), ids.shape[1])
+    segments = [torch.as_tensor([int(n)]) if s is None else s for s, n in zip(segments, lengths.tolist())]
+    if padding_free:
+        real = mask.bool()
+        for key in ("input_ids", "labels", adapter.spec.type_ids_column):
+            if key in batch:
+                batch[key] = batch[key][real][None]
+        if adapter.spec.extra.get("batch_axis_pixels"):  # per-row pixel axis (B, T, ...): all-zero tiles are padding
+            for key in ("pixel_values", "pixel_attention_mask"):
+                if key in batch:
+                    batch[key] = batch[key].reshape(1, -1, *batch[key].shape[2:])
+        segments = [torch.cat(segments)]
+    starts = segment_starts(segments, batch["input_ids"].shape[1]).to(batch["input_ids"].device)
+    batch["labels"] = batch["labels"].masked_fill(starts, IGNORE)
+    batch["position_ids"] = adapter.position_ids(batch, starts, model)
+    batch["use_cache"] = False  # transformers reads packed positions only without a cache (as TRL's trainer sets)
+    return batch
+
+
 class WindowCollator:
     """Collate window rows into the dict of tensors the model's forward accepts, checking every media item.
 
@@ -402,6 +477,12 @@ class WindowCollator:
         images_kwargs: image-processor settings overriding the processor's defaults; pass the same ones
             the rows were tokenized with.
         check: False skips the per-item check (not recommended).
+        model: the model being trained, for families whose packed positions its own function computes (Qwen-VL's
+            `get_rope_index`); without it they come from the image grids (images only).
+        padding_free: lay the batch's rows end to end in one row without padding (see `pack_positions`).
+
+    Packed rows (`chunker.pack_windows`, a `segment_lengths` column) get per-window positions and no attention
+    mask (`pack_positions`), so each window trains as it would alone; one-window rows are collated as before.
 
     Raises:
         ConfigError: an unknown policy or a bad `pad_to_multiple_of`.
@@ -425,6 +506,8 @@ class WindowCollator:
         pad_token_id: int | None = None,
         images_kwargs: dict | None = None,
         check: bool = True,
+        model=None,
+        padding_free: bool = False,
     ):
         if on_mismatch not in POLICIES:
             raise ConfigError(f"on_mismatch={on_mismatch!r} must be one of {POLICIES}")
@@ -451,6 +534,8 @@ class WindowCollator:
         self.pad_token_id = int(pad_token_id or 0)
         self.vocab_size = len(tok) if tok is not None and hasattr(tok, "__len__") else None
         self.images_kwargs = dict(images_kwargs or {})
+        self.model = model
+        self.padding_free = bool(padding_free)
         self.stats = CollateStats()
         self._warned = False
 
@@ -511,7 +596,8 @@ class WindowCollator:
                 "see collator.stats.examples for why"
             )
         batch.update(media.select(keep).model_inputs(self.processor))
-        return batch
+        return pack_positions(batch, [parsed[i].segments for i in keep], self.adapter, model=self.model,
+                              padding_free=self.padding_free)
 
     def _record_drops(self, dropped) -> None:
         for p, reason, why in dropped:
@@ -573,7 +659,16 @@ def _parse_row(row, i: int, spec, vocab_size, max_length) -> WindowRow:
     tensors = {k: _as_tensor(row[k]) for k in TENSOR_STREAMS if row.get(k) is not None}
     images = row.get("images")
     images = list(images) if images is not None else None
-    return WindowRow(ids, labels, attention, type_ids, images, tensors, name, src, win)
+    segments = row.get("segment_lengths")
+    if segments is not None:
+        segments = _as_tensor(segments).to(torch.int64).reshape(-1)
+        if int(segments.sum()) != n or bool((segments < 1).any()):
+            raise RowFormatError(
+                f"segment_lengths {segments.tolist()} do not add up to the row's {n} tokens in windows of at least one "
+                "token: the packed row was edited; pack the windows again with chunker.pack_windows",
+                row=name,
+            )
+    return WindowRow(ids, labels, attention, type_ids, images, tensors, name, src, win, segments)
 
 
 def _as_row_list(rows) -> list:

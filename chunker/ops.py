@@ -464,3 +464,77 @@ def _isin(ids: torch.Tensor, values) -> torch.Tensor:
     for v in values[1:]:
         out |= ids == int(v)
     return out
+
+
+def segment_starts(lengths, width: int) -> torch.Tensor:
+    """`(B, width)` bool: True where a segment (a packed window, or a row's padding) starts.
+
+    Args:
+        lengths: per row, a 1-D tensor (or sequence) of segment lengths laid end to end from position 0; what
+            is left of the row after them (padding) starts one more segment.
+        width: the padded row length.
+
+    Example:
+        >>> segment_starts([[3, 2], [4]], 6).int().tolist()
+        [[1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 1, 0]]
+    """
+    rows = [torch.as_tensor(seg, dtype=torch.int64).reshape(-1) for seg in lengths]
+    counts = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+    flat = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64)
+    row_of = torch.repeat_interleave(torch.arange(len(rows)), counts)
+    first = torch.cumsum(torch.nn.functional.pad(counts, (1, 0))[:-1], 0)
+    ends = torch.cumsum(flat, 0)
+    begin = ends - flat - (ends - flat)[first][row_of] if len(flat) else flat  # start of each segment in its row
+    out = torch.zeros((len(rows), width + 1), dtype=torch.bool)
+    out[row_of, begin] = True
+    totals = segment_sum(flat, counts)
+    out[torch.arange(len(rows)), totals] = True  # the padding after the last segment is a segment of its own
+    return out[:, :width]
+
+
+def segment_positions(starts: torch.Tensor) -> torch.Tensor:
+    """Positions that restart at 0 at every segment start: `(B, L)` int64 (any device).
+
+    Example:
+        >>> segment_positions(segment_starts([[3, 2], [4]], 6)).tolist()
+        [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]]
+    """
+    pos = torch.arange(starts.shape[1], device=starts.device).expand_as(starts)
+    return pos - torch.where(starts, pos, 0).cummax(1).values
+
+
+def mrope_image_positions(type_ids: torch.Tensor, starts: torch.Tensor, grid_thw, merge_size: int) -> torch.Tensor:
+    """Qwen-VL 3-D rope positions `(3, B, L)` of rows whose segments each start at 0 (images only).
+
+    Text tokens advance every axis by one; an image of grid (t, h, w) holds t·h·w/merge² tokens placed on the
+    (t, h/merge, w/merge) grid from the position before it, and advances the position by max(h, w)/merge (the rule
+    of `Qwen2VLModel.get_rope_index`, which the tests compare with). Whole-tensor torch, no loop over tokens.
+
+    Args:
+        type_ids: `(B, L)` `mm_token_type_ids` (1 on image placeholders; videos are not handled here).
+        starts: `segment_starts(...)`: where each segment starts.
+        grid_thw: `(N, 3)` grids of the batch's images, rows after rows.
+        merge_size: the vision merger's spatial merge size.
+    """
+    b, n = type_ids.shape
+    device = type_ids.device
+    image = type_ids == 1
+    prev = torch.nn.functional.pad(image[:, :-1], (1, 0)) & ~starts
+    nxt = torch.nn.functional.pad(image[:, 1:], (0, 1)) & ~torch.nn.functional.pad(starts[:, 1:], (0, 1))
+    item_start = image & ~prev
+    item = (item_start.reshape(-1).cumsum(0) - 1).reshape(b, n).clamp_(min=0)
+    grid = torch.as_tensor(grid_thw, dtype=torch.int64, device=device).reshape(-1, 3)
+    if not len(grid):
+        grid = torch.ones((1, 3), dtype=torch.int64, device=device)
+    gh = grid[:, 1].div(merge_size, rounding_mode="floor")[item]
+    gw = grid[:, 2].div(merge_size, rounding_mode="floor")[item]
+    pos = torch.arange(n, device=device).expand(b, n)
+    local = pos - torch.where(item_start, pos, 0).cummax(1).values
+    advance = torch.where(image, torch.where(nxt, 0, torch.maximum(gh, gw)), 1)
+    before = advance.cumsum(1) - advance
+    seg_at = torch.where(starts, pos, 0).cummax(1).values
+    start = before - before.gather(1, seg_at)
+    t = torch.where(image, start + local // (gh * gw), start)
+    h = torch.where(image, start + (local // gw) % gh, start)
+    w = torch.where(image, start + local % gw, start)
+    return torch.stack([t, h, w])

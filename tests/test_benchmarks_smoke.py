@@ -46,3 +46,16 @@ def test_bench_raw_smoke(capsys):
     assert all(0 < r["windows"] < r["seconds"] and 0 < r["parse"] < r["seconds"] for r in results)
     out = capsys.readouterr().out
     assert "pixels map / sizes map" in out and "splitting share" in out
+
+
+def test_bench_pack_smoke(capsys):
+    """bench_pack --smoke splits, packs (every packed row within max_length, no token lost: the script asserts it),
+    times pack_windows beside TRL's pack_dataset, and prints the table; packing never adds padding."""
+    pytest.importorskip("datasets")
+    results = _script("bench_pack").main(["--smoke"])
+    assert [(r["max_length"], r["pack_length"]) for r in results] == [(1024, 1024), (1024, 4096), (2048, 2048),
+                                                                         (2048, 8192)]
+    for r in results:
+        assert r["packed_rows"] < r["windows"] and r["pad_packed"] <= r["pad_unpacked"]
+        assert r["pack_s"] > 0 and 0 < r["fill"] <= 1
+    assert "padding, packed" in capsys.readouterr().out

@@ -69,6 +69,9 @@ class ChunkingVisionDataCollator(UnslothVisionDataCollator):
             examples are rewritten to TRL's layout first (`chunker.formats`); or force one of those names.
         base_dir: folder relative image paths of rewritten examples are read from (else an example's
             `_base_dir` column, else the working directory).
+        pack: pack the batch's windows into rows of `max_seq_length` (`chunker.pack.pack_rows`, best fit
+            decreasing): fewer, fuller rows, each window still trained as if alone (positions restart per window,
+            no attention across windows, see `chunker.collator.pack_positions`).
 
     Raises:
         ConfigError: no `max_seq_length` (on the call or the model), or settings no window can satisfy.
@@ -117,6 +120,7 @@ class ChunkingVisionDataCollator(UnslothVisionDataCollator):
         spec=None,
         format: str = "auto",
         base_dir=None,
+        pack: bool = False,
     ):
         from ..collator import WindowCollator
         from ..formats import check_format
@@ -165,7 +169,10 @@ class ChunkingVisionDataCollator(UnslothVisionDataCollator):
             on_oversize=on_oversize,
             **markers,
         )
-        self.window_collator = WindowCollator(processor, pad_to_multiple_of=pad_to_multiple_of)
+        self.pack = bool(pack)
+        # packed rows: positions restart per window; Qwen-VL's 3-D positions from the model's own rope function
+        self.window_collator = WindowCollator(processor, pad_to_multiple_of=pad_to_multiple_of,
+                                              model=model if self.pack else None)
 
     def __call__(self, examples):
         """Split each example into windows and collate them into one batch (one row per window)."""
@@ -188,6 +195,10 @@ class ChunkingVisionDataCollator(UnslothVisionDataCollator):
                 f"every one of the {len(examples)} examples of this batch was skipped (on_oversize='skip'): "
                 "raise max_seq_length so their images fit"
             )
+        if self.pack:  # the batch's windows packed into rows of max_seq_length, each window trained as if alone
+            from ..pack import pack_rows
+
+            rows = pack_rows(rows, self.max_seq_length)
         batch = self.window_collator(rows)
         if self.ignore_index != IGNORE:
             batch["labels"].masked_fill_(batch["labels"] == IGNORE, self.ignore_index)
