@@ -44,10 +44,10 @@ def _outcome(fn):
 
 
 def _settings(lead, data):
-    return dict(
-        spec=lead.spec, max_length=lead.max_length, overlap=lead.overlap, prefix=lead.prefix,
-        on_oversize=data.draw(st.sampled_from(["raise", "skip"])), on_error=data.draw(st.sampled_from(["raise", "skip"])),
-    )
+    return {
+        "spec": lead.spec, "max_length": lead.max_length, "overlap": lead.overlap, "prefix": lead.prefix,
+        "on_oversize": data.draw(st.sampled_from(["raise", "skip"])), "on_error": data.draw(st.sampled_from(["raise", "skip"])),
+    }
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -114,7 +114,7 @@ def test_dataset_map_takes_arrow_path_and_matches_rows():
     ds = datasets.Dataset.from_list(rows)
     fast = WindowSplitter(spec=SPEC, max_length=24, overlap=4, on_error="skip")
     slow = WindowSplitter(spec=SPEC, max_length=24, overlap=4, on_error="skip")
-    kw = dict(batched=True, batch_size=16, with_indices=True, remove_columns=ds.column_names)
+    kw = {"batched": True, "batch_size": 16, "with_indices": True, "remove_columns": ds.column_names}
     got = ds.map(fast, **kw)
     # dict(batch) turns the lazy Arrow batch into Python lists: the row path.
     want = ds.map(lambda b, i: slow(dict(b), i), **kw)
