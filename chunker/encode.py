@@ -112,6 +112,7 @@ class ConversationEncoder:
         messages = normalize_messages(messages, row=row)
         messages, images = collect_media(messages, images_column, row)
         text = self._render(messages, False, row)
+        messages, text = self._content_as_text(messages, text, row)
         token = getattr(self.processor, "image_token", None)
         if token and text.count(token) != len(images):
             raise ImageCountError(
@@ -158,6 +159,30 @@ class ConversationEncoder:
                 "for this template) or pass on_error='skip'",
                 row=row,
             ) from exc
+
+    def _content_as_text(self, messages, text, row):
+        """Messages whose content list the template printed as Python text (a template that writes
+        `message['content']` as is, e.g. GLM-4.1V's) given again as one string, and the conversation rendered again.
+
+        Raises:
+            TemplateError: such a list holds media items (a string cannot carry them).
+        """
+        printed = [i for i, m in enumerate(messages) if isinstance(m.get("content"), list) and m["content"]
+                   and str(m["content"]) in text]
+        if not printed:
+            return messages, text
+        out = list(messages)
+        for i in printed:
+            items = messages[i]["content"]
+            if any(not isinstance(it, dict) or it.get("type") != "text" for it in items):
+                raise TemplateError(
+                    f"the chat template of {self.source} prints the content of the {messages[i]['role']} message as "
+                    f"Python text ({str(items)[:60]}...) instead of reading its items, so its media would never "
+                    "reach the model: put the media in a message whose items this template reads (e.g. a user "
+                    "turn), or give this message a string", row=row,
+                )
+            out[i] = {**messages[i], "content": "".join(it.get("text") or "" for it in items)}
+        return out, self._render(out, False, row)
 
     def _answers(self, messages, text, row):
         return answer_char_ranges(self.render, messages, text=text, row=row)
