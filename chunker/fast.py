@@ -211,7 +211,8 @@ def _row_values(cols, name, i):
 
 
 def _plan_rows(splitter, cols, indices):
-    """Per row: its `RowPlan` (by `splitter.analyse_batch`, on zero-copy views), or the error it was skipped for."""
+    """The batch's windows (`splitter.analyse_columns`, on zero-copy views): arrays for the rows the batch pass
+    vouches for, a `RowPlan` or the skip error for the others."""
     from .splitter import TokenBatch
 
     flat, offsets = cols["input_ids"]
@@ -222,13 +223,13 @@ def _plan_rows(splitter, cols, indices):
     items = {name: np.diff(cols[name][1]) for name in ITEM_COLUMNS if name in cols}
     batch = TokenBatch(flat, offsets, cols.get("labels"), cols.get(mask_col), items.get("images"),
                        items.get("videos"), checked)
-    return list(enumerate(splitter.analyse_batch(batch, indices)))
+    return splitter.analyse_columns(batch, indices)
 
 
 # ---------------------------------------------------------------------- whole-batch assembly
 
 
-def _assemble(splitter, table, cols, plans, indices):
+def _assemble(splitter, table, cols, plan, indices):
     """Build every window of the batch at once: one concatenation of row views per output column.
 
     A skipped row (its plan is the error) becomes its ledger row: no tokens, window_index -1, num_windows 0.
@@ -236,28 +237,55 @@ def _assemble(splitter, table, cols, plans, indices):
     import pyarrow as pa
 
     ids_parts, label_parts, lengths, src, k, nwin, reasons = [], [], [], [], [], [], []
+    picks = {name: [] for name in ITEM_COLUMNS if name in cols}  # per output row, its items (flat indices)
     ignore = np.full(splitter.max_length + 1, IGNORE, dtype=np.int64)
-    for i, p in plans:
-        if isinstance(p, ChunkerError):
+    ids, labels, offsets = plan.ids, plan.labels, plan.offsets.tolist()
+    n = len(offsets) - 1
+    first = np.searchsorted(plan.row, np.arange(n + 1), side="left").tolist()
+    geometry, head = plan.geometry.tolist(), plan.head.tolist()
+    item_at = np.r_[0, np.cumsum(plan.item_counts)].tolist()
+    item_base = {name: cols[name][1].tolist() for name in picks}
+    none = np.zeros(0, dtype=np.int64)
+    wide = ids.dtype.itemsize > 4 and len(plan.row) and int(ids.max()) >= 2**31
+    for i in range(n):
+        p = plan.planned.get(i)
+        if p is None:  # windows of the batch pass
+            wa, wb, off = first[i], first[i + 1], offsets[i]
+            for j in range(wa, wb):
+                (c, s, e), h = geometry[j], head[j]
+                ids_parts += [ids[off:off + h], ids[c:e]]
+                label_parts += [ignore[:h + s - c], labels[s:e]]
+                lengths.append(h + e - c)
+                for name, out in picks.items():
+                    out.append(plan.items[item_at[j]:item_at[j + 1]] if name == "images" else none)
+            src += [indices[i]] * (wb - wa)
+            k += range(wb - wa)
+            nwin += [wb - wa] * (wb - wa)
+            reasons += [None] * (wb - wa)
+        elif isinstance(p, ChunkerError):
             lengths.append(0)
-            src.append(np.full(1, indices[i], dtype=np.int64))
-            k.append(np.full(1, -1, dtype=np.int64))
-            nwin.append(np.zeros(1, dtype=np.int64))
+            src.append(indices[i])
+            k.append(-1)
+            nwin.append(0)
             reasons.append(f"{type(p).__name__}: {p}")
-            continue
-        w = len(p.geometry)
-        for j, (context, start, end) in enumerate(p.geometry.tolist()):
-            head = p.prefix_len if j else 0
-            ids_parts += [p.ids[:head], p.ids[context:end]]
-            label_parts += [ignore[:head + start - context], p.labels[start:end]]
-            lengths.append(head + end - context)
-        src.append(np.full(w, indices[i], dtype=np.int64))
-        k.append(np.arange(w, dtype=np.int64))
-        nwin.append(np.full(w, w, dtype=np.int64))
-        reasons += [None] * w
+            for out in picks.values():
+                out.append(None)
+        else:
+            w = len(p.geometry)
+            for j, (context, start, end) in enumerate(p.geometry.tolist()):
+                h = p.prefix_len if j else 0
+                ids_parts += [p.ids[:h], p.ids[context:end]]
+                label_parts += [ignore[:h + start - context], p.labels[start:end]]
+                lengths.append(h + end - context)
+            for name, out in picks.items():
+                chosen = p.image_items if name == "images" else p.video_items
+                out += [c + item_base[name][i] for c in chosen]
+            src += [indices[i]] * w
+            k += range(w)
+            nwin += [w] * w
+            reasons += [None] * w
+            wide = wide or (p.ids.dtype.itemsize > 4 and len(p.ids) and p.ids.max() >= 2**31)
     cat = lambda parts, dtype=np.int64: np.concatenate(parts, dtype=dtype) if parts else np.zeros(0, dtype)
-    wide = any(not isinstance(p, ChunkerError) and p.ids.dtype.itemsize > 4 and len(p.ids) and p.ids.max() >= 2**31
-               for _, p in plans)
     win_ids = cat(ids_parts, np.int64 if wide else NARROW_TYPES["input_ids"])
     labels = cat(label_parts)
     offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
@@ -278,12 +306,11 @@ def _assemble(splitter, table, cols, plans, indices):
         if spec.video_token_id is not None:
             type_ids[win_ids == spec.video_token_id] = 2
         columns[spec.type_ids_column] = as_list(offsets, pa.array(type_ids))
-    for name in ITEM_COLUMNS:
-        if name in cols:
-            columns[name] = _take_items(cols[name], plans, name)
-    columns["source_index"] = pa.array(cat(src))
-    columns["window_index"] = pa.array(cat(k))
-    columns["num_windows"] = pa.array(cat(nwin))
+    for name, chosen in picks.items():
+        columns[name] = _take_items(cols[name][0], chosen)
+    columns["source_index"] = pa.array(np.asarray(src, dtype=np.int64))
+    columns["window_index"] = pa.array(np.asarray(k, dtype=np.int64))
+    columns["num_windows"] = pa.array(np.asarray(nwin, dtype=np.int64))
     columns["skip_reason"] = pa.array(reasons, type=pa.string())
     out = pa.table(columns)
     return out.replace_schema_metadata(_item_metadata(table.schema, columns))
@@ -302,25 +329,16 @@ def _ones(n: int, dtype) -> np.ndarray:
     return ones[:n]
 
 
-def _take_items(col, plans, name):
-    """The chosen items of every window, taken from the batch's flat item array by item offsets."""
+def _take_items(values, chosen):
+    """Per output row, its items taken from the batch's flat item array (None: a ledger row, whose media are null,
+    as the row path writes them)."""
     import pyarrow as pa
 
-    values, item_offsets = col
-    picks, counts, ledger = [], [], []
-    for i, p in plans:
-        if isinstance(p, ChunkerError):
-            counts.append(0)
-            ledger.append(True)
-            continue
-        base = int(item_offsets[i])
-        for chosen in (p.image_items if name == "images" else p.video_items):
-            picks.append(chosen + base)
-            counts.append(len(chosen))
-            ledger.append(False)
-    take = np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
+    ledger = [c is None for c in chosen]
+    parts = [c for c in chosen if c is not None]
+    take = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    counts = [0 if c is None else len(c) for c in chosen]
     offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int32)
-    # a ledger row's media are null, as the row path writes them
     return pa.ListArray.from_arrays(pa.array(offsets), values.take(pa.array(take)), mask=pa.array(ledger, pa.bool_()))
 
 

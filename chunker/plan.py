@@ -231,3 +231,116 @@ def _check_oversize(starts, ends, max_length, prefix_len, row):
             f"max_length={max_length}: raise max_length to >= {n} or pass on_oversize='skip'",
             row=row, span=(s, e), span_len=e - s, needed=n,
         )
+
+
+# ---------------------------------------------------------------------- many rows at once
+
+
+LOCKSTEP_WINDOWS = 64  # rows needing more windows than this are walked by `plan_windows` (one numpy step per window)
+
+
+def plan_batch(
+    offsets: np.ndarray,
+    prefix_len: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    bounds: np.ndarray,
+    supervised: np.ndarray,
+    *,
+    max_length: int,
+    overlap: int = 0,
+    min_fill: float = 0.5,
+):
+    """`plan_windows` for every row of a batch at once, walking all rows in lockstep (one window of each
+    unfinished row per numpy step) on flat positions.
+
+    Row r is `[offsets[r], offsets[r + 1])` of the flat batch; `starts`/`ends` are all rows' media spans, sorted,
+    in flat positions (no span crosses a row); `bounds` the sorted flat cut points (`cut_points` with `offsets`);
+    `supervised` the flat loss mask. The result is the scalar planner's for every row it vouches for
+    (`tests/test_plan.py` compares them); a row whose walk would raise, or would need more than `LOCKSTEP_WINDOWS`
+    windows, is left to `plan_windows` (`done[r]` False), which raises its own error.
+
+    Returns:
+        (row, context_start, start, end, done): int64 arrays of the windows, ordered by row then window, in flat
+        positions, and per row whether it is planned here.
+
+    Example:
+        >>> w = plan_batch(np.array([0, 10, 13]), np.zeros(2, np.int64), np.array([3]), np.array([7]),
+        ...                np.zeros(0, np.int64), np.zeros(13, bool), max_length=5)
+        >>> [a.tolist() for a in w]
+        [[0, 0, 0, 1], [0, 3, 8, 10], [0, 3, 8, 10], [3, 8, 10, 13], [True, True]]
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    prefix_len = np.asarray(prefix_len, dtype=np.int64)
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    n_rows = len(offsets) - 1
+    lo, hi = offsets[:-1], offsets[1:]
+    lengths = hi - lo
+    done = np.ones(n_rows, dtype=bool)
+    done &= (prefix_len >= 0) & (lengths <= LOCKSTEP_WINDOWS * max(max_length - overlap - prefix_len.max(initial=0), 1))
+    long = lengths > max_length
+    if len(starts):
+        span_row = np.searchsorted(lo, starts, side="right") - 1
+        p, s, e = prefix_len[span_row], starts - lo[span_row], ends - lo[span_row]
+        # `_check_prefix` and `_check_oversize` of the rows that are cut: a failing row is the scalar planner's
+        bad = ((p > 0) & (s < p) & (e > p)) | (((s >= p) | (p == 0)) & (e - s + np.where(s > 0, p, 0) > max_length))
+        done[span_row[bad & long[span_row]]] = False
+    done &= ~long | (prefix_len < max_length)
+    if len(bounds) and len(starts):
+        k = np.searchsorted(starts, bounds, side="left") - 1
+        bounds = bounds[(k < 0) | (bounds >= ends[np.maximum(k, 0)])]  # a cut inside a span is no cut
+
+    def enclosing_start(pos):
+        """(inside a span, that span's start, its end) for positions strictly inside a span."""
+        k = np.searchsorted(starts, pos, side="left") - 1
+        kk = np.maximum(k, 0)
+        inside = (k >= 0) & (pos < ends[kk]) if len(starts) else np.zeros(len(pos), dtype=bool)
+        return inside, (starts[kk] if len(starts) else pos), (ends[kk] if len(starts) else pos)
+
+    def window_end(start, context, pre, prefix, row_end, base):
+        room = max_length - pre - (start - context)
+        limit = start + room
+        inside, s0, _ = enclosing_start(limit)
+        end = np.where(inside, s0, limit)
+        if len(bounds):
+            floor = start + (min_fill * np.maximum(room, 0)).astype(np.int64)
+            i = np.searchsorted(bounds, end, side="right") - 1
+            cand = bounds[np.maximum(i, 0)]
+            end = np.where((i >= 0) & (cand > np.maximum(floor, start)) & (cand >= base + prefix), cand, end)
+        end = np.where(limit >= row_end, row_end, end)
+        return np.where(room <= 0, start, end)
+
+    rows = np.flatnonzero(done & long)
+    short = np.flatnonzero(done & ~long & (lengths > 0))  # one window each, as `plan_windows` gives
+    parts = [(short, lo[short], lo[short], hi[short], np.zeros(len(short), np.int64))]
+    start, step = lo[rows], 0
+    while len(rows):
+        base, row_end, prefix = lo[rows], hi[rows], prefix_len[rows]
+        if step == 0:
+            context, pre, minimal = start.copy(), np.zeros(len(rows), np.int64), start
+        else:
+            pre = prefix
+            inside, s0, _ = enclosing_start(start - 1)
+            need = (pre == 0) & supervised[start]
+            minimal = np.where(need, np.where(inside, s0, start - 1), start)
+            c = np.minimum(np.maximum(start - overlap, base + prefix), start)
+            inside, _, e0 = enclosing_start(c)
+            c = np.where(inside, np.minimum(e0, start), c)
+            context = np.minimum(c, minimal)
+        end = window_end(start, context, pre, prefix, row_end, base)
+        retry = (end <= start) & (context < minimal)
+        if retry.any():
+            context = np.where(retry, minimal, context)
+            end = np.where(retry, window_end(start, context, pre, prefix, row_end, base), end)
+        stuck = end <= start
+        if stuck.any():
+            done[rows[stuck]] = False
+        parts.append((rows, context, start, end, np.full(len(rows), step + 1, np.int64)))
+        keep = ~stuck & (end < row_end)
+        rows, start, step = rows[keep], end[keep], step + 1
+    row, context, start, end, order = (np.concatenate(x) for x in zip(*parts))
+    keep = done[row]
+    row, context, start, end, order = row[keep], context[keep], start[keep], end[keep], order[keep]
+    sort = np.lexsort((order, row))
+    return row[sort], context[sort], start[sort], end[sort], done

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -44,7 +45,7 @@ from .labels import (
     window_labels,
 )
 from .media import TENSOR_STREAMS, check_counts, slice_plan, take_items
-from .plan import check_config, plan_windows
+from .plan import check_config, plan_batch, plan_windows
 from .sources import BASE_DIR_COLUMN
 from .spans import IMAGE, VIDEO, Spans, batch_spans, find_image_spans, media_mask
 
@@ -199,6 +200,21 @@ class TokenBatch:
     n_videos: np.ndarray | None = None
     checked: bool = False
 
+    def subset(self, rows: np.ndarray) -> TokenBatch:
+        """The batch of the given rows only (their tokens copied into new flat arrays)."""
+        if len(rows) == len(self.offsets) - 1:
+            return self
+
+        def pick(flat, offsets):
+            lo, hi = offsets[rows], offsets[rows + 1]
+            return flat[_ranges(lo, hi - lo)], np.r_[0, np.cumsum(hi - lo)].astype(np.int64)
+
+        counts = lambda n: None if n is None else np.asarray(n)[rows]
+        ids, offsets = pick(self.ids, self.offsets)
+        return TokenBatch(ids, offsets, None if self.labels is None else pick(*self.labels),
+                          None if self.mask is None else pick(*self.mask), counts(self.n_images),
+                          counts(self.n_videos), self.checked)
+
     def row(self, i: int, row, vocab_size=None, spans: Spans | None = None) -> Parsed:
         """Row i as `Parsed` (zero-copy views), its ids checked unless the batch was.
 
@@ -217,6 +233,51 @@ class TokenBatch:
         return Parsed(ids, labels, None if mask is None else mask.astype(bool, copy=False),
                       images=None if self.n_images is None else [None] * int(self.n_images[i]),
                       videos=None if self.n_videos is None else [None] * int(self.n_videos[i]), spans=spans)
+
+
+class BatchWindows(NamedTuple):
+    """The windows of a pre-tokenized batch as arrays: what `WindowSplitter.analyse_columns` gives the Arrow path.
+
+    Attributes:
+        ids, labels: the batch's flat ids and labels (loss mask applied).
+        offsets: row offsets into them.
+        row: (W,) the batch row of each window, in row order then window order.
+        geometry: (W, 3) flat (context_start, start, end) of each window.
+        head: (W,) prefix tokens repeated before each window (0 for a row's first).
+        items: the image items of every window, window after window, as indices into the batch's images.
+        item_counts: (W,) how many of `items` each window holds.
+        planned: batch row -> its `RowPlan` (or the error it is skipped for) for the rows `analyse_batch` did.
+    """
+
+    ids: np.ndarray
+    labels: np.ndarray
+    offsets: np.ndarray
+    row: np.ndarray
+    geometry: np.ndarray
+    head: np.ndarray
+    items: np.ndarray
+    item_counts: np.ndarray
+    planned: dict
+
+    @classmethod
+    def empty(cls, batch: TokenBatch, planned: dict) -> BatchWindows:
+        none = np.zeros(0, dtype=np.int64)
+        return cls(batch.ids, batch.ids, batch.offsets, none, none.reshape(0, 3), none, none, none, planned)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenation of `arange(s, s + n)` for every (s, n), in one pass.
+
+    Example:
+        >>> _ranges(np.array([5, 0, 2]), np.array([2, 0, 3])).tolist()
+        [5, 6, 2, 3, 4]
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    return np.repeat(np.asarray(starts, dtype=np.int64) - (ends - lengths), lengths) + np.arange(total)
 
 
 @dataclass
@@ -603,9 +664,94 @@ class WindowSplitter:
             raise exc
         return exc
 
-    def _batch_supervision(self, batch: TokenBatch, media) -> _Supervision | None:
+    def analyse_columns(self, batch: TokenBatch, rows) -> BatchWindows:
+        """`analyse_batch` as arrays: the windows of the rows the batch pass vouches for are planned all at once
+        (`plan_batch`), with their media items, and only the other rows go through `analyse_batch`.
+
+        The batch pass vouches for a row when its checks hold for the whole batch at once: ids of the vocabulary,
+        image spans only (no videos, items one per span, the family's count per image), as many images
+        as spans, a supervised token, prefix "bos" or "none", and a plan `plan_batch` can walk. Any other row
+        (an error to raise or skip, a prefix read from the system turn) takes `analyse_batch`, so errors and
+        skips are its own, raised in row order.
+
+        Returns:
+            the batch's windows and, per row left to `analyse_batch`, its `RowPlan` or the error it was skipped for.
+
+        Raises:
+            ChunkerError: a row's error that the policies do not skip.
+        """
+        n = len(batch.offsets) - 1
+        rows = np.asarray(rows)
+        vouched = self._vouched(batch)
+        if vouched is None:
+            ok, windows = np.zeros(n, dtype=bool), None
+        else:
+            ok, windows = vouched
+        rest = np.flatnonzero(~ok)
+        planned = dict(zip(rest.tolist(), self.analyse_batch(batch.subset(rest), rows[rest]))) if len(rest) else {}
+        return windows._replace(planned=planned) if windows is not None else BatchWindows.empty(batch, planned)
+
+    def _vouched(self, batch: TokenBatch):
+        """(rows the batch pass vouches for, their `BatchWindows`), or None when it vouches for none."""
+        spec, adapter = self.spec, self.adapter
+        if not batch.checked or spec.prefix_media or self.prefix == "system":
+            return None
+        offsets = batch.offsets
+        n = len(offsets) - 1
+        try:
+            spans = find_image_spans(batch.ids, spec)
+            if adapter is not None and adapter.items(spans, {}, None) is not spans:
+                return None  # the family groups or cuts spans into items: row by row
+        except ChunkerError:
+            return None
+        if len(spans) and (spans.kinds != IMAGE).any():
+            return None
+        lengths = np.diff(offsets)
+        span_row = np.searchsorted(offsets[:-1], spans.starts, side="right") - 1
+        if len(spans) and (spans.ends > offsets[span_row + 1]).any():
+            return None  # a span would join two rows: each row finds its own error
+        n_span = np.bincount(span_row, minlength=n)
+        ok = lengths > 0
+        ok &= (batch.n_images == n_span) if batch.n_images is not None else n_span == 0
+        if batch.n_videos is not None:
+            ok &= batch.n_videos == 0
+        per = spec.tokens_per_image
+        if per and len(spans):
+            bad = (spans.counts % per != 0) if spec.group_crops else spans.counts != per
+            ok[span_row[bad]] = False
+        whole = self._batch_supervision(batch, spans) if ok.any() else None
+        if whole is None:
+            return None
+        ok &= whole.trains
+        prefix = np.zeros(n, dtype=np.int64)
+        if self.prefix == "bos" and spec.bos_id is not None and ok.any():
+            at = np.flatnonzero(lengths > 0)
+            prefix[at] = batch.ids[offsets[at]] == spec.bos_id
+        row, context, start, end, done = plan_batch(
+            offsets, prefix, spans.starts, spans.ends, whole.cuts, whole.mask, max_length=self.max_length,
+            overlap=self.overlap, min_fill=self.min_fill,
+        )
+        ok &= done
+        keep = ok[row]
+        row, context, start, end = row[keep], context[keep], start[keep], end[keep]
+        first = np.r_[True, row[1:] != row[:-1]] if len(row) else np.zeros(0, dtype=bool)
+        head = np.where(first, 0, prefix[row])
+        # per window, its items (`window_items`): spans inside it and, after a row's first, those in the prefix
+        first_span = np.searchsorted(spans.starts, offsets[:-1], side="left")
+        a = np.searchsorted(spans.starts, context, side="left") - first_span[row]
+        b = np.maximum(np.searchsorted(spans.ends, end, side="right") - first_span[row], a)
+        held = np.searchsorted(spans.ends, offsets[:-1] + prefix, side="right") - first_span
+        pre = np.where(~first & (a > 0), np.minimum(held[row], a), 0)
+        item_base = np.r_[0, np.cumsum(batch.n_images)][row] if batch.n_images is not None else np.zeros(len(row), np.int64)
+        items = _ranges(np.stack([item_base, item_base + a], 1).ravel(), np.stack([pre, b - a], 1).ravel())
+        windows = BatchWindows(batch.ids, whole.labels, offsets, row, np.stack([context, start, end], 1), head,
+                               items, pre + b - a, {})
+        return ok, windows
+
+    def _batch_supervision(self, batch: TokenBatch, spans) -> _Supervision | None:
         """The loss mask, labels and cut points of a whole batch from its flat arrays, or None when the batch
-        pass cannot stand for its rows (each row then goes through `analyse`)."""
+        pass cannot stand for its rows (each row then goes through `analyse`). `spans`: the batch's flat spans, or
+        per row its `media` result (None for a row that failed)."""
         spec = self.spec
         labels = batch.labels[0] if batch.labels is not None else None
         mask = batch.mask[0] if batch.mask is not None else None
@@ -615,9 +761,10 @@ class WindowSplitter:
             if col is not None and not np.array_equal(col[1], batch.offsets):
                 return None
         starts = batch.offsets[:-1]
-        found = [(m[0].starts + a, m[0].ends + a, m[0].kinds, m[0].counts) for m, a in zip(media, starts.tolist())
-                 if m is not None]
-        spans = Spans(*(np.concatenate(part) for part in zip(*found))) if found else Spans.empty()
+        if not isinstance(spans, Spans):  # per row (spans, slices) or None: the flat spans of the rows found
+            found = [(m[0].starts + a, m[0].ends + a, m[0].kinds, m[0].counts) for m, a in zip(spans, starts.tolist())
+                     if m is not None]
+            spans = Spans(*(np.concatenate(part) for part in zip(*found))) if found else Spans.empty()
         whole = Parsed(batch.ids, labels, None if mask is None else mask.astype(bool))
         try:
             loss, labels = self.supervision(whole, spans, None)

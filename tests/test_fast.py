@@ -230,3 +230,28 @@ def test_a_row_that_trains_nothing_in_a_batch_is_skipped_alone():
     assert [r["input_ids"] for r in out[:3]] == [[1, 5, 7, 6], [5, 7, 6, 2], [2, 3]]
     with pytest.raises(ChunkerError, match="row 1: the row would train no token"):
         split_arrow_batch(WindowSplitter(spec=spec, max_length=4, prefix="none"), table, indices=[0, 1, 2])
+
+
+def test_rows_the_batch_pass_does_not_walk_are_planned_alone_with_the_same_windows(monkeypatch):
+    """The batch pass plans all rows in lockstep (`plan_batch`), but leaves a row needing more than
+    `LOCKSTEP_WINDOWS` windows, a system-turn prefix, and rows with errors to `analyse_batch`, row by row. A batch
+    mixing them gives, per row, the windows written out by hand (each row checked on its own)."""
+    import chunker.plan
+
+    monkeypatch.setattr(chunker.plan, "LOCKSTEP_WINDOWS", 2)  # a row of more than 2 windows is walked alone
+    spec = ImageSpanSpec(family="custom", kind="bracket", image_token_id=7, open_ids=(5,), close_ids=(6,))
+    short = {"input_ids": [1, 5, 7, 6, 2, 3], "labels": [-100, -100, -100, -100, 2, 3], "images": ["a"]}
+    ids = [1, 2, 3, 4, 2, 3, 4, 2, 3, 4, 2, 3]
+    long = {"input_ids": ids, "labels": [-100, *ids[1:]], "images": []}
+    splitter = WindowSplitter(spec=spec, max_length=4, prefix="none")
+    out = split_arrow_batch(splitter, pa.Table.from_pylist([short, long, short]), indices=[0, 1, 2]).to_pylist()
+    by_row = {i: [r["input_ids"] for r in out if r["source_index"] == i] for i in range(3)}
+    # by hand: the 2nd window starts on the supervised token 2, so it brings the token before it as context, and
+    # that token ends the image [1, 4), which comes whole; the text row is cut every 4 tokens, each later window
+    # starting one token early (its first token trains)
+    assert by_row[0] == by_row[2] == [[1, 5, 7, 6], [5, 7, 6, 2], [2, 3]]
+    assert by_row[1] == [[1, 2, 3, 4], [4, 2, 3, 4], [4, 2, 3, 4], [4, 2, 3]]
+    assert [r["images"] for r in out if r["source_index"] == 0] == [["a"], ["a"], []]
+    done = chunker.plan.plan_batch(np.array([0, 6, 18]), np.zeros(2, np.int64), np.array([1]), np.array([4]),
+                                   np.zeros(0, np.int64), np.ones(18, bool), max_length=4)[-1]
+    assert done.tolist() == [True, False]  # the long row really was left to the row-by-row planner

@@ -229,3 +229,66 @@ def test_every_small_row_is_planned_within_the_invariants(max_length):
             for prefix_len in range(3):
                 for loss_mask, boundaries, min_fill in settings:
                     check_small_case(n, sp, max_length, overlap, prefix_len, loss_mask, boundaries, min_fill)
+
+
+# ---------------------------------------------------------------------- plan_batch: many rows in lockstep
+
+
+def random_rows(rng, n_rows):
+    """Rows of random length with random back-to-back or separate spans, loss masks, cut points and prefixes."""
+    rows = []
+    for _ in range(n_rows):
+        n = int(rng.integers(0, 60))
+        pairs, pos = [], int(rng.integers(0, 4))
+        while pos < n and rng.random() < 0.7:
+            length = int(rng.integers(1, 9))
+            if pos + length > n:
+                break
+            pairs.append((pos, pos + length))
+            pos += length + (0 if rng.random() < 0.3 else int(rng.integers(1, 8)))
+        mask = rng.random(n) < rng.choice([0.0, 0.3, 0.9])
+        cuts = np.flatnonzero(rng.random(n) < 0.15).astype(np.int64)
+        cuts = cuts[cuts > 0]
+        prefix = int(rng.choice([0, 0, 1, 1, 2, 5]))
+        rows.append((n, pairs, mask, cuts, prefix))
+    return rows
+
+
+def scalar(row, **kw):
+    n, pairs, mask, cuts, prefix = row
+    try:
+        return [(w.context_start, w.start, w.end)
+                for w in plan_windows(n, spans(*pairs), prefix_len=prefix, boundaries=cuts, loss_mask=mask, **kw)]
+    except (OversizeSpanError, PrefixError, ConfigError):
+        return None
+
+
+@pytest.mark.parametrize("max_length,overlap", [(4, 0), (6, 2), (8, 0), (12, 3), (16, 5), (30, 0)])
+def test_plan_batch_gives_the_scalar_planners_windows_for_every_row_it_vouches_for(max_length, overlap):
+    from chunker.plan import plan_batch
+
+    rng = np.random.default_rng(max_length * 31 + overlap)
+    rows = random_rows(rng, 600)
+    offsets = np.concatenate([[0], np.cumsum([r[0] for r in rows])]).astype(np.int64)
+    flat = [(a + int(o), b + int(o)) for r, o in zip(rows, offsets) for a, b in r[1]]
+    starts = np.array([a for a, _ in flat], dtype=np.int64)
+    ends = np.array([b for _, b in flat], dtype=np.int64)
+    bounds = np.concatenate([r[3] + o for r, o in zip(rows, offsets)]).astype(np.int64)
+    mask = np.concatenate([r[2] for r in rows]).astype(bool)
+    prefix = np.array([r[4] for r in rows], dtype=np.int64)
+    row, context, start, end, done = plan_batch(offsets, prefix, starts, ends, bounds, mask,
+                                                max_length=max_length, overlap=overlap)
+    vouched = 0
+    for r, data in enumerate(rows):
+        want = scalar(data, max_length=max_length, overlap=overlap)
+        if want is None:
+            assert not done[r], f"row {r}: the scalar planner raises but plan_batch planned it"
+            continue
+        assert done[r], f"row {r}: the scalar planner plans it but plan_batch left it"  # rows < LOCKSTEP_WINDOWS
+        vouched += 1
+        o = int(offsets[r])
+        got = [(c - o, s - o, e - o) for c, s, e in zip(context[row == r].tolist(), start[row == r].tolist(),
+                                                        end[row == r].tolist())]
+        assert got == want, f"row {r}: {data}"
+    assert vouched >= 0.3 * len(rows)  # not a vacuous pass: most rows are cut (n up to 60) and compared
+    assert not np.isin(row, np.flatnonzero(~done)).any()
