@@ -64,19 +64,16 @@ def split_arrow_batch(splitter, batch, indices=None):
         >>> out.column("images").to_pylist(), out.column("labels").to_pylist()[1]
         ([['cat.png'], ['cat.png'], []], [-100, -100, -100, 2])
     """
-    import pyarrow as pa
-
     table = _as_table(batch)
     if table is None or splitter.drop_unsupervised or not _eligible(table):
         return None
     indices = splitter.row_indices({}, indices, table.num_rows) if indices is not None else _table_indices(
         splitter, table)
-    pieces = []
-    for a, b in _chunks(table):
-        cols = _flat_columns(table.slice(a, b - a))
-        plans = _plan_rows(splitter, cols, indices[a:b])
-        pieces.append(_assemble(splitter, table, cols, plans, indices[a:b]))
-    return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+    cols = _flat_columns(table)
+    # planned a chunk of rows at a time (working memory stays small whatever the batch size), assembled at once:
+    # one table of one chunk per column, which `datasets` writes without combining chunks (a copy of everything)
+    plans = [(a, _plan_rows(splitter, _chunk_columns(cols, a, b), indices[a:b])) for a, b in _chunks(table)]
+    return _assemble(splitter, table, cols, plans, indices)
 
 
 def as_columns(batch):
@@ -181,6 +178,15 @@ def _one_array(col):
     return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
+def _chunk_columns(cols, a: int, b: int):
+    """Rows a:b of the flat columns: zero-copy views, offsets from 0."""
+    out = {}
+    for name, (flat, offsets) in cols.items():
+        lo, hi = int(offsets[a]), int(offsets[b])
+        out[name] = (flat[lo:hi] if name not in ITEM_COLUMNS else flat.slice(lo, hi - lo), offsets[a:b + 1] - lo)
+    return out
+
+
 def _flat_columns(table):
     cols = {}
     for name in ("input_ids", "labels", *MASK_COLUMNS):
@@ -229,8 +235,12 @@ def _plan_rows(splitter, cols, indices):
 # ---------------------------------------------------------------------- whole-batch assembly
 
 
-def _assemble(splitter, table, cols, plan, indices):
+def _assemble(splitter, table, cols, plans, indices):
     """Build every window of the batch at once: one concatenation of row views per output column.
+
+    Args:
+        cols: the batch's flat columns (`_flat_columns`).
+        plans: (first row, `BatchWindows`) per chunk of rows, in order.
 
     A skipped row (its plan is the error) becomes its ledger row: no tokens, window_index -1, num_windows 0.
     """
@@ -239,52 +249,55 @@ def _assemble(splitter, table, cols, plan, indices):
     ids_parts, label_parts, lengths, src, k, nwin, reasons = [], [], [], [], [], [], []
     picks = {name: [] for name in ITEM_COLUMNS if name in cols}  # per output row, its items (flat indices)
     ignore = np.full(splitter.max_length + 1, IGNORE, dtype=np.int64)
-    ids, labels, offsets = plan.ids, plan.labels, plan.offsets.tolist()
-    n = len(offsets) - 1
-    first = np.searchsorted(plan.row, np.arange(n + 1), side="left").tolist()
-    geometry, head = plan.geometry.tolist(), plan.head.tolist()
-    item_at = np.r_[0, np.cumsum(plan.item_counts)].tolist()
     item_base = {name: cols[name][1].tolist() for name in picks}
     none = np.zeros(0, dtype=np.int64)
-    wide = ids.dtype.itemsize > 4 and len(plan.row) and int(ids.max()) >= 2**31
-    for i in range(n):
-        p = plan.planned.get(i)
-        if p is None:  # windows of the batch pass
-            wa, wb, off = first[i], first[i + 1], offsets[i]
-            for j in range(wa, wb):
-                (c, s, e), h = geometry[j], head[j]
-                ids_parts += [ids[off:off + h], ids[c:e]]
-                label_parts += [ignore[:h + s - c], labels[s:e]]
-                lengths.append(h + e - c)
+    wide = False
+    for a, plan in plans:
+        ids, labels, offsets = plan.ids, plan.labels, plan.offsets.tolist()
+        n = len(offsets) - 1
+        first = np.searchsorted(plan.row, np.arange(n + 1), side="left").tolist()
+        geometry, head = plan.geometry.tolist(), plan.head.tolist()
+        item_at = np.r_[0, np.cumsum(plan.item_counts)].tolist()
+        items = plan.items + item_base["images"][a] if "images" in picks else None
+        wide = wide or (ids.dtype.itemsize > 4 and len(plan.row) and int(ids.max()) >= 2**31)
+        for i in range(n):
+            p = plan.planned.get(i)
+            if p is None:  # windows of the batch pass
+                wa, wb, off = first[i], first[i + 1], offsets[i]
+                for j in range(wa, wb):
+                    (c, s, e), h = geometry[j], head[j]
+                    ids_parts += [ids[off:off + h], ids[c:e]]
+                    label_parts += [ignore[:h + s - c], labels[s:e]]
+                    lengths.append(h + e - c)
+                    for name, out in picks.items():
+                        out.append(items[item_at[j]:item_at[j + 1]] if name == "images" else none)
+                src += [indices[a + i]] * (wb - wa)
+                k += range(wb - wa)
+                nwin += [wb - wa] * (wb - wa)
+                reasons += [None] * (wb - wa)
+            elif isinstance(p, ChunkerError):
+                lengths.append(0)
+                src.append(indices[a + i])
+                k.append(-1)
+                nwin.append(0)
+                reasons.append(f"{type(p).__name__}: {p}")
+                for out in picks.values():
+                    out.append(None)
+            else:
+                w = len(p.geometry)
+                for j, (context, start, end) in enumerate(p.geometry.tolist()):
+                    h = p.prefix_len if j else 0
+                    ids_parts += [p.ids[:h], p.ids[context:end]]
+                    label_parts += [ignore[:h + start - context], p.labels[start:end]]
+                    lengths.append(h + end - context)
                 for name, out in picks.items():
-                    out.append(plan.items[item_at[j]:item_at[j + 1]] if name == "images" else none)
-            src += [indices[i]] * (wb - wa)
-            k += range(wb - wa)
-            nwin += [wb - wa] * (wb - wa)
-            reasons += [None] * (wb - wa)
-        elif isinstance(p, ChunkerError):
-            lengths.append(0)
-            src.append(indices[i])
-            k.append(-1)
-            nwin.append(0)
-            reasons.append(f"{type(p).__name__}: {p}")
-            for out in picks.values():
-                out.append(None)
-        else:
-            w = len(p.geometry)
-            for j, (context, start, end) in enumerate(p.geometry.tolist()):
-                h = p.prefix_len if j else 0
-                ids_parts += [p.ids[:h], p.ids[context:end]]
-                label_parts += [ignore[:h + start - context], p.labels[start:end]]
-                lengths.append(h + end - context)
-            for name, out in picks.items():
-                chosen = p.image_items if name == "images" else p.video_items
-                out += [c + item_base[name][i] for c in chosen]
-            src += [indices[i]] * w
-            k += range(w)
-            nwin += [w] * w
-            reasons += [None] * w
-            wide = wide or (p.ids.dtype.itemsize > 4 and len(p.ids) and p.ids.max() >= 2**31)
+                    chosen = p.image_items if name == "images" else p.video_items
+                    out += [c + item_base[name][a + i] for c in chosen]
+                src += [indices[a + i]] * w
+                k += range(w)
+                nwin += [w] * w
+                reasons += [None] * w
+                wide = wide or (p.ids.dtype.itemsize > 4 and len(p.ids) and p.ids.max() >= 2**31)
     cat = lambda parts, dtype=np.int64: np.concatenate(parts, dtype=dtype) if parts else np.zeros(0, dtype)
     win_ids = cat(ids_parts, np.int64 if wide else NARROW_TYPES["input_ids"])
     labels = cat(label_parts)
