@@ -6,7 +6,7 @@
     media = make_media(processor, rows, spec)                  # pixels the processor's way + per-item counts
     batch = pad_batch(rows, pad_token_id, type_ids_column=spec.type_ids_column)
     check_batch(batch, media, spec, rows=rows)                 # every span vs its own item, one host sync
-    batch.update(media.model_inputs(processor))
+    batch.update(adapter.model_inputs(batch, media))           # the media the forward takes (Mllama: its masks)
     batch = pack_positions(batch, [r.segments for r in rows], adapter)   # packed rows (`pack_windows`) only
 
 A packed row (`chunker.pack_windows`) is one batch row whose windows train as if each were alone:
@@ -43,13 +43,13 @@ from .errors import (
 from .labels import IGNORE
 from .media import PER_ITEM_KEYS, TENSOR_STREAMS, load_image
 from .ops import ItemCheck, check_item_counts, item_token_counts, segment_starts, segment_sum
-from .spans import VIDEO
+from .spans import IMAGE, VIDEO
 
 POLICIES = ("raise", "drop")
 # Keys a model's forward takes beside the text; anything else the image processor returns is bookkeeping.
 MODEL_MEDIA_KEYS = (
     "pixel_values", "pixel_attention_mask", "image_grid_thw", "image_sizes", "pixel_values_videos",
-    "video_grid_thw", "second_per_grid_ts",
+    "video_grid_thw", "second_per_grid_ts", "input_features", "input_features_mask",
 )
 
 
@@ -85,6 +85,7 @@ class WindowRow:
         name: "3 (source_index 7, window_index 1)", for messages.
         source_index, window_index: where the window came from, when the row says (per window, packed rows).
         segments: `(k,)` int64 token counts of the windows of a packed row (`segment_lengths`), else None.
+        audios: the row's audio items as given (waveforms, `{"array", "sampling_rate"}`, WAV paths or bytes), or None.
     """
 
     ids: torch.Tensor
@@ -97,6 +98,7 @@ class WindowRow:
     source_index: int | list | None = None
     window_index: int | list | None = None
     segments: torch.Tensor | None = None
+    audios: list | None = None
 
 
 @dataclass
@@ -106,6 +108,7 @@ class RowMedia:
     Attributes:
         tensors: pixels and companions of the row (`pixel_values`, `image_grid_thw`, ...).
         image_tokens, video_tokens: `(n,)` int64, tokens each image (or pixel block) / video needs.
+        audio_tokens: `(n,)` int64, tokens each audio item needs (from its features, the spec's audio rule).
         merged: `image_tokens` are per unit (a tile) finer than a span: the check compares spans with sums.
         error: why the row has no media (`ImageDecodeError`, `ImageCountError`), under `errors="keep"`.
     """
@@ -114,6 +117,7 @@ class RowMedia:
     image_tokens: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     video_tokens: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     merged: bool = False
+    audio_tokens: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     error: ChunkerError | None = None
 
 
@@ -287,9 +291,11 @@ def make_media(processor, rows: list[WindowRow], spec=None, *, images_kwargs: di
             raise ImageDecodeError(
                 f"the image processor refused the images of rows {[rows[k].name for k in decoded]}: {exc}"
             ) from exc
-        pieces = _split_rows(made, [len(n) for n in nested], spec)
+        pieces = _split_rows(adapter.image_outputs(made, [len(n) for n in nested]), [len(n) for n in nested], spec)
         for j, (k, piece) in enumerate(zip(decoded, pieces)):
             out[k] = _row_media(piece, spec, adapter, tiles=None if tiles is None else tiles[j])
+    if spec.audio_token_id is not None:
+        _audio_media(processor, rows, spec, out, errors, check)
     return BatchMedia(out, spec)
 
 
@@ -362,6 +368,8 @@ def check_batch(batch, media: BatchMedia, spec, *, rows: list[WindowRow] | None 
     seen = item_token_counts(input_ids, spec, max_items=most + 1)
     has_video = spec.video_token_id is not None or len(video[0])
     result = check_item_counts(seen, image, video if has_video else None, merged=seen.merged or media.merged)
+    if spec.audio_token_id is not None:
+        result = check_audio_items(input_ids, media, spec, result)
     if result.ok or not raise_error:
         return result
     raise _mismatch_error(result, rows, spec)
@@ -595,7 +603,7 @@ class WindowCollator:
                 f"every one of the {len(rows)} rows of the batch was dropped ({dict(Counter(r for _, r, _ in dropped))}); "
                 "see collator.stats.examples for why"
             )
-        batch.update(media.select(keep).model_inputs(self.processor))
+        batch.update(self.adapter.model_inputs(batch, media.select(keep)))
         return pack_positions(batch, [parsed[i].segments for i in keep], self.adapter, model=self.model,
                               padding_free=self.padding_free)
 
@@ -656,9 +664,13 @@ def _parse_row(row, i: int, spec, vocab_size, max_length) -> WindowRow:
             type_ids = (ids == spec.image_token_id).to(torch.int64)
             if spec.video_token_id is not None:
                 type_ids[ids == spec.video_token_id] = 2
+            if spec.audio_token_id is not None:
+                type_ids[ids == spec.audio_token_id] = 3
     tensors = {k: _as_tensor(row[k]) for k in TENSOR_STREAMS if row.get(k) is not None}
     images = row.get("images")
     images = list(images) if images is not None else None
+    audios = row.get("audios")
+    audios = list(audios) if audios is not None else None
     segments = row.get("segment_lengths")
     if segments is not None:
         segments = _as_tensor(segments).to(torch.int64).reshape(-1)
@@ -668,7 +680,7 @@ def _parse_row(row, i: int, spec, vocab_size, max_length) -> WindowRow:
                 "token: the packed row was edited; pack the windows again with chunker.pack_windows",
                 row=name,
             )
-    return WindowRow(ids, labels, attention, type_ids, images, tensors, name, src, win, segments)
+    return WindowRow(ids, labels, attention, type_ids, images, tensors, name, src, win, segments, audios)
 
 
 def _as_row_list(rows) -> list:
@@ -753,10 +765,14 @@ def _run_image_processor(processor, nested: list, kwargs: dict):
     """Pixel tensors for nested per-row images, made the way the processor's own __call__ makes them, and the
     tiles of each image per row when the processor reports them (else None)."""
     runner = getattr(processor, "_process_images", None)
+    out = None
     if runner is not None:
-        out = runner(nested, **kwargs)
+        try:
+            out = runner(nested, **kwargs)
+        except NotImplementedError:  # a processor with its own __call__ (Idefics2): its image processor alone
+            out = None
         out = out[0] if isinstance(out, tuple) else out
-    else:
+    if out is None:
         out = processor.image_processor(nested, **kwargs)
     out = dict(out)
     tensors = {k: v if isinstance(v, torch.Tensor) else _as_tensor(v) for k, v in out.items() if k in TENSOR_STREAMS}
@@ -850,8 +866,8 @@ def _row_media(tensors: dict, spec, adapter, tiles=None) -> RowMedia:
         t["pixel_values"] = pv[real]
         if "pixel_attention_mask" in t:
             t["pixel_attention_mask"] = t["pixel_attention_mask"][real]
-    if "pixel_values" in t or "image_grid_thw" in t:
-        image, merged = adapter.item_tokens(t, tiles)
+    if "image_grid_thw" in t or any(k.startswith("pixel_values") and TENSOR_STREAMS.get(k) == IMAGE for k in t):
+        image, merged = adapter.item_tokens(t, tiles)  # any image pixels (Video-LLaVA's `pixel_values_images`)
     else:
         image, merged = torch.zeros(0, dtype=torch.int64), False
     return RowMedia(t, image, adapter.video_item_tokens(t), merged)
@@ -863,3 +879,113 @@ def _tiles_per_image(out: dict):
     if "rows" not in out or "cols" not in out:
         return None
     return [[r * c + 1 if r * c else 1 for r, c in zip(rows, cols)] for rows, cols in zip(out["rows"], out["cols"])]
+
+
+# ====================================================================== audio items (Gemma 4, Gemma 3n)
+
+
+def _audio_media(processor, rows: list[WindowRow], spec, out: list, errors: str, check: bool) -> None:
+    """Give each row's RowMedia its audio features and the tokens each audio item needs (in place).
+
+    A row's own `input_features` / `input_features_mask` are kept as they are; rows with `audios` get theirs from
+    the processor's feature extractor, all of the batch's audio in one call, each row taking its own rows.
+    """
+    from .media import audio_item_tokens, load_audio
+
+    waves = {}
+    audio = torch.tensor(spec.audio_ids)
+    for k, row in enumerate(rows):
+        if out[k].error is not None or "input_features" in row.tensors or "input_features_mask" in row.tensors:
+            continue
+        try:
+            if row.audios:
+                rate = getattr(getattr(processor, "feature_extractor", None), "sampling_rate", None)
+                waves[k] = [load_audio(a, rate, row=row.name) for a in row.audios]
+            elif check and row.audios is None and bool(torch.isin(row.ids, audio).any()):
+                raise ImageCountError(
+                    "the text holds audio tokens but the row has no 'audios' and no input_features: keep the 'audios' "
+                    "column when mapping (do not remove it) or pass keep_pixels=True to the splitter",
+                    row=row.name,
+                )
+        except (ImageDecodeError, ImageCountError) as exc:
+            if errors == "raise":
+                raise
+            out[k] = RowMedia(error=exc)
+    if waves:
+        extractor = getattr(processor, "feature_extractor", None)
+        if extractor is None:
+            raise ConfigError("rows with audio need the processor's feature extractor: pass WindowCollator(processor)")
+        flat = [w for ws in waves.values() for w in ws]
+        try:
+            made = extractor(flat, sampling_rate=extractor.sampling_rate, return_tensors="pt")
+        except (ValueError, TypeError) as exc:
+            raise ImageDecodeError(
+                f"the feature extractor refused the audio of rows {[rows[k].name for k in waves]}: {exc}"
+            ) from exc
+        first = 0
+        for k, ws in waves.items():
+            own = {key: made[key][first:first + len(ws)] for key in ("input_features", "input_features_mask")
+                   if key in made}
+            first += len(ws)
+            out[k].tensors = {**out[k].tensors, **own}
+    for m in out:
+        if m.error is None and ("input_features_mask" in m.tensors or "input_features" in m.tensors):
+            counts = audio_item_tokens(spec, {k: v.cpu() for k, v in m.tensors.items()
+                                              if k in ("input_features", "input_features_mask")})
+            if counts is None:
+                raise PixelMismatchError(
+                    f"cannot tell how many audio tokens the audio features of a {spec.family} row need: its spec has "
+                    "no audio rule (spec.extra['audio_count']); build the spec from the processor"
+                )
+            m.audio_tokens = torch.as_tensor(counts, dtype=torch.int64)
+
+
+def check_audio_items(input_ids, media: BatchMedia, spec, result: ItemCheck) -> ItemCheck:
+    """`result` with every row's audio spans checked against its own audio items, in order (one host sync).
+
+    The k-th audio span of row b (`audio_open_ids ... audio_close_ids`) must hold the tokens the k-th audio item of
+    row b needs, and every row as many audio spans as audio items; audio tokens after a row's last audio span are a
+    span cut at the end.
+
+    Example:
+        >>> from chunker import ImageSpanSpec
+        >>> from chunker.ops import check_item_counts, item_token_counts
+        >>> spec = ImageSpanSpec(family="custom", kind="bracket", image_token_id=7, open_ids=(5,), close_ids=(6,),
+        ...                      audio_token_id=9, audio_open_ids=(3,), audio_close_ids=(4,))
+        >>> ids = torch.tensor([[3, 9, 9, 4, 1, 3, 9, 4]])
+        >>> media = BatchMedia([RowMedia(audio_tokens=torch.tensor([2, 2]))], spec)
+        >>> empty = (torch.zeros(0, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
+        >>> check = check_audio_items(ids, media, spec, check_item_counts(item_token_counts(ids, spec), empty))
+        >>> check.bad_rows, check.describe(0)
+        ([0], 'audio 1: 1 tokens (its media need 2)')
+    """
+    from .ops import BadItem
+
+    ids = input_ids if input_ids.dim() == 2 else input_ids[None]
+    want = [m.audio_tokens for m in media.rows]
+    per_row = torch.tensor([len(w) for w in want], dtype=torch.int64)
+    k = int(per_row.max()) + 1 if len(want) else 1
+    close = torch.isin(ids, torch.tensor(spec.audio_close_ids, device=ids.device)).to(torch.int64)
+    item = (close.cumsum(1) - close).clamp_(max=k)  # the audio item each position belongs to (k: past the listed)
+    counts = torch.zeros((ids.shape[0], k + 1), dtype=torch.int64, device=ids.device)
+    counts.scatter_add_(1, item, (ids == spec.audio_token_id).to(torch.int64))
+    host = torch.cat([counts, close.sum(1, keepdim=True)], 1).cpu().numpy()
+    counts, n_seen = host[:, :-1], host[:, -1]
+    bad, seen_tokens, want_tokens = [], np.zeros(len(want), np.int64), np.zeros(len(want), np.int64)
+    for r, w in enumerate(want):
+        w = w.tolist()
+        seen_tokens[r], want_tokens[r] = int(counts[r].sum()), int(sum(w))
+        spans = int(n_seen[r])
+        for j in range(max(spans, len(w))):
+            seen = int(counts[r, j]) if j < spans and j < k else None
+            expected = w[j] if j < len(w) else None
+            if seen != expected:
+                bad.append(BadItem(r, "audio", j, seen, expected))
+        tail = int(counts[r, min(spans, k)]) if spans < k else 0
+        if tail:
+            bad.append(BadItem(r, "audio", None, tail, 0))
+    items = sorted(result.bad_items + bad, key=lambda x: (x.row, ("image", "video", "audio").index(x.stream),
+                                                           x.item is None, x.item or 0))
+    return ItemCheck(sorted(set(result.bad_rows) | {b.row for b in bad}), items,
+                     {**result.tokens, "audio": (seen_tokens, want_tokens)},
+                     {**result.items, "audio": (n_seen, per_row.numpy())})

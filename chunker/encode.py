@@ -41,6 +41,8 @@ class Encoded:
         tensors: the processor's media tensors for the row (numpy), e.g. pixel_values, image_grid_thw.
         images: the row's images in order, as the row gave them (PIL image, bytes, dict) with relative paths
             made absolute, so window rows point at the same images wherever they are read.
+        audios: the row's audio items in order, as given (waveform, `{"array", "sampling_rate"}`, WAV path or
+            bytes), for a family with audio; None for a family without.
     """
 
     ids: np.ndarray
@@ -48,6 +50,7 @@ class Encoded:
     system_end: int | None
     tensors: dict = field(default_factory=dict)
     images: list = field(default_factory=list)
+    audios: list | None = None
 
 
 class ConversationEncoder:
@@ -88,7 +91,7 @@ class ConversationEncoder:
         self.render = renderer(processor, **dict(template_kwargs or {}))
         self.source = _template_source(processor)
 
-    def __call__(self, messages, images_column=None, *, row=None, base_dir=None) -> Encoded:
+    def __call__(self, messages, images_column=None, *, row=None, base_dir=None, audios_column=None) -> Encoded:
         """Encode one conversation.
 
         Args:
@@ -96,13 +99,16 @@ class ConversationEncoder:
             images_column: the row's `images` column when images are not inline.
             row: the row's name for errors.
             base_dir: folder that relative image paths are read from.
+            audios_column: the row's `audios` column when audio items are not inline (families with audio).
 
         Returns:
             Encoded.
 
         Raises:
-            EmptyConversationError, RowFormatError: no messages, unknown roles, video items.
-            ImageCountError, ImageDecodeError: images that disagree with the placeholders or cannot be read.
+            EmptyConversationError, RowFormatError: no messages, unknown roles, video items, audio items for a
+                family without audio.
+            ImageCountError, ImageDecodeError: images or audio that disagree with the placeholders or cannot be
+                read.
             TemplateError: the chat template refused the conversation.
             ProcessorError: the processor refused the row.
             NoSupervisionError: train_on="assistant" and the row would train no token.
@@ -110,10 +116,13 @@ class ConversationEncoder:
         if messages is None or len(messages) == 0:
             raise EmptyConversationError("the conversation has no messages: drop the row", row=row)
         messages = normalize_messages(messages, row=row)
-        messages, images = collect_media(messages, images_column, row)
+        has_audio = self.adapter.spec.audio_token_id is not None
+        messages, images, audios = collect_media(messages, images_column, row,
+                                                 audios=(audios_column or []) if has_audio else None)
         text = self._render(messages, False, row)
         messages, text = self._content_as_text(messages, text, row)
-        token = getattr(self.processor, "image_token", None)
+        # the placeholder the template writes (Qianfan-OCR: `image_placeholder_token`, expanded to `image_token`s)
+        token = getattr(self.processor, "image_placeholder_token", None) or getattr(self.processor, "image_token", None)
         if token and text.count(token) != len(images):
             raise ImageCountError(
                 f"the chat template rendered {text.count(token)} image placeholders ({token!r}) for the row's "
@@ -121,16 +130,25 @@ class ConversationEncoder:
                 "{'type': 'image'} item, in order, in messages the template renders",
                 row=row,
             )
+        _check_audio_placeholders(self.processor, text, audios, row)
         images = [resolve_source(im, base_dir) for im in images]
+        audios = None if audios is None else [resolve_source(a, base_dir) for a in audios]
         if self.expander is not None:
+            if audios:
+                raise RowFormatError(
+                    f"the row holds {len(audios)} audio items but image_tokens_from='sizes' expands images only: "
+                    "split rows with audio with image_tokens_from='pixels' (the default)", row=row,
+                )
             text_expanded, replaced, tensors = self.expander(text, images, row=row)
             ids, offsets = self._tokenize(text_expanded)
         else:
-            from .media import load_image
+            from .media import load_audio, load_image
 
             decoded = [load_image(im, row=row) for im in images]
             _check_image_sizes(decoded, row)
-            ids, offsets, replaced, tensors = self._process(text, decoded, row)
+            rate = getattr(getattr(self.processor, "feature_extractor", None), "sampling_rate", None)
+            waves = [load_audio(a, rate, row=row) for a in audios or ()]
+            ids, offsets, replaced, tensors = self._process(text, decoded, row, waves)
         assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         ranges = self._answers(messages, text, row) if self.train_on == "assistant" else []
         shifted = _to_expanded(np.asarray(ranges, dtype=np.int64).reshape(-1, 2), replaced)
@@ -143,7 +161,7 @@ class ConversationEncoder:
         if messages[0]["role"] == "system":
             end = common_prefix_len(text, self._render(messages[:1], False, row))
             system_end = int(_token_at(offsets, _to_expanded(np.array([[end, end]]), replaced)[:, 0])[0])
-        return Encoded(ids, mask, system_end, tensors, images)
+        return Encoded(ids, mask, system_end, tensors, images, audios)
 
     # ------------------------------------------------------------------ steps
 
@@ -187,12 +205,14 @@ class ConversationEncoder:
     def _answers(self, messages, text, row):
         return answer_char_ranges(self.render, messages, text=text, row=row)
 
-    def _process(self, text, images, row):
+    def _process(self, text, images, row, audio=()):
         kwargs = {**self.processor_kwargs, "text": [text], "return_tensors": "np",
                   "return_offsets_mapping": True, "return_text_replacement_offsets": True,
                   "add_special_tokens": not _starts_with_bos(self.processor, text)}
         if images:
             kwargs["images"] = [images]
+        if audio:
+            kwargs["audio"] = list(audio)
         try:
             enc = self.processor(**kwargs)
         except ChunkerError:
@@ -200,8 +220,8 @@ class ConversationEncoder:
         except (ValueError, IndexError, TypeError, RuntimeError, ZeroDivisionError) as exc:
             raise ProcessorError(
                 f"{type(self.processor).__name__} refused the row with {len(images)} images of sizes "
-                f"{[im.size for im in images]} (width, height): {exc}. Fix or drop the image, or pass "
-                "on_error='skip'",
+                f"{[im.size for im in images]} (width, height) and {len(audio)} audio items: {exc}. Fix or drop "
+                "the media, or pass on_error='skip'",
                 row=row,
             ) from exc
         if "offset_mapping" not in enc:
@@ -252,7 +272,7 @@ def _check_text_kept(processor) -> None:
                                 {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}], False)
     special = not _starts_with_bos(processor, text)
     out = processor(text=[text], images=[[Image.new("RGB", (32, 32))]], add_special_tokens=special,
-                    return_text_replacement_offsets=True)
+                    return_text_replacement_offsets=True, return_tensors="np")  # Ovis2 reads its grids as arrays
     expanded, last = [], 0
     for r in (out.get("text_replacement_offsets") or [[]])[0]:
         expanded += [text[last:r["span"][0]], r["replacement"]]
@@ -271,15 +291,27 @@ _OPENAI_ITEM = {"video": "video_url", "audio": "input_audio"}
 _NOUN = {"video": "a video", "audio": "audio"}
 
 
-def collect_media(messages, column, row):
-    """Messages with image items reduced to {"type": "image"}, and the images in order (inline or column).
+def collect_media(messages, column, row, *, audios=None):
+    """Messages with image (and audio) items reduced to {"type": "image"} ({"type": "audio"}), and the images and
+    audio items in order (inline or column).
+
+    Args:
+        messages: normalized messages.
+        column: the row's `images` column, or None.
+        row: the row's name for errors.
+        audios: the row's `audios` column ([] when none) for a family with audio; None for a family without
+            audio, whose audio items are refused.
+
+    Returns:
+        (messages, images, audios); audios is None when `audios` is.
 
     Raises:
-        ImageCountError: images both inline and in the column, or another number of images than image items.
-        RowFormatError: a video or audio item (this release splits image conversations; such an item would be
-            dropped by most chat templates without a word).
+        ImageCountError: images (or audio) both inline and in the column, or another number than their items.
+        RowFormatError: a video item (conversational video is not split yet; such an item would be dropped by
+            most chat templates without a word), or an audio item for a family without audio.
     """
     inline, clean, placeholders = [], [], 0
+    inline_audio, audio_items = [], 0
     for msg in messages:
         content = msg.get("content")
         if isinstance(content, str):  # multimodal templates iterate content items; some drop a plain string
@@ -294,6 +326,13 @@ def collect_media(messages, column, row):
                     if value is not None:
                         inline.append(value)
                     items.append({"type": "image"})
+                elif kind == "audio" and audios is not None:
+                    audio_items += 1
+                    value = next((item.get(k) for k in ("audio", "array", "path", "url") if item.get(k) is not None),
+                                 None)
+                    if value is not None:
+                        inline_audio.append(value)
+                    items.append({"type": "audio"})
                 elif kind in ("video", "audio"):
                     raise RowFormatError(
                         f"the conversation holds {_NOUN[kind]} (a {{'type': {kind!r}}} item; in LLaMA-Factory, LLaVA "
@@ -301,7 +340,7 @@ def collect_media(messages, column, row):
                         f"conversational rows with {kind} are not split yet (the chat template may drop the {kind} "
                         f"silently). Remove the {kind} and its placeholder, or "
                         + ("pass pre-tokenized rows with the processor's video tensors" if kind == "video" else
-                           "split the rows without it: no supported family takes audio"),
+                           "split the rows without it: this model family takes no audio (Gemma 4 does)"),
                         row=row,
                     )
                 elif kind == "text":
@@ -321,7 +360,33 @@ def collect_media(messages, column, row):
             "exactly one image per {'type': 'image'} item, in order",
             row=row,
         )
-    return clean, images
+    if audios is None:
+        return clean, images, None
+    if inline_audio and audios:
+        raise ImageCountError(
+            "audio is given both inline in messages and in the 'audios' column: use one of the two", row=row
+        )
+    found = inline_audio if inline_audio else list(audios)
+    if len(found) != audio_items:
+        raise ImageCountError(
+            f"the messages hold {audio_items} audio placeholders but {len(found)} audio items were given: give exactly "
+            "one audio per {'type': 'audio'} item, in order",
+            row=row,
+        )
+    return clean, images, found
+
+
+def _check_audio_placeholders(processor, text, audios, row) -> None:
+    """Refuse a rendering whose audio placeholders are not one per audio item (a template that drops audio items)."""
+    token = getattr(processor, "audio_token", None)
+    if audios is None or not token or text.count(token) == len(audios):
+        return
+    raise ImageCountError(
+        f"the chat template rendered {text.count(token)} audio placeholders ({token!r}) for the row's {len(audios)} "
+        "audio items (it may drop audio items it does not expect): give exactly one audio per {'type': 'audio'} "
+        "item, in order, in messages the template renders",
+        row=row,
+    )
 
 
 def resolve_source(value, base_dir=None):

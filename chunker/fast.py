@@ -124,7 +124,7 @@ def _eligible(table) -> bool:
     import pyarrow as pa
 
     names = set(table.column_names)
-    if "input_ids" not in names or names & set(TENSOR_STREAMS):
+    if "input_ids" not in names or names & set(TENSOR_STREAMS) or "audios" in names:  # audio: the row path
         return False
     for name in ("input_ids", "labels", *MASK_COLUMNS):
         if name not in names:

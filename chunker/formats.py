@@ -33,7 +33,8 @@ row's images; the text around a placeholder is kept byte for byte (LLaVA's `"<im
 Nothing is dropped in silence: counts that disagree, an http(s) URL (chunker never downloads), a row with both
 `image` and `images`, a `tools` column a chat template would not see: each is a named `RowFormatError` that
 says which format the row looks like, what disagrees, and the fix. Video and audio items are normalized like
-images; the splitter then refuses them by name (conversational video and audio are not split yet).
+images; the splitter refuses video by name (conversational video is not split yet), and audio by name for a family
+without audio (Gemma 4 and Gemma 3n split it: one whole span per audio item).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Media items of a row: decoding images, counting rows of pixel tensors per item, slicing them per window."""
+"""Media items of a row: decoding images and audio, counting rows of media tensors per item, slicing them per window."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from .errors import ImageCountError, ImageDecodeError, ImageTokenCountError, PixelMismatchError
-from .spans import IMAGE, VIDEO, Spans
+from .spans import AUDIO, IMAGE, VIDEO, Spans
 
 # Which media stream each known tensor belongs to, and how many leading rows one item owns:
 # "one" a row per item, "grid" prod(grid_thw) rows, "crops" 1 + num_crops rows, "tiles" count/tokens_per_tile rows.
@@ -22,7 +22,11 @@ TENSOR_STREAMS = {
     "pixel_values_videos": VIDEO,
     "video_grid_thw": VIDEO,
     "second_per_grid_ts": VIDEO,
+    # audio (Gemma 4, Gemma 3n): one padded row of log-mel frames and one frame mask row per audio item
+    "input_features": AUDIO,
+    "input_features_mask": AUDIO,
 }
+_NOUNS = {IMAGE: "media", VIDEO: "media", AUDIO: "audio"}
 PER_ITEM_KEYS = ("image_grid_thw", "image_sizes", "num_crops", "num_patches", "video_grid_thw", "second_per_grid_ts")
 
 
@@ -55,6 +59,105 @@ def load_image(value, base_dir=None, *, row=None):
             f"cannot decode image {shown}: {exc}. Fix or remove the image, or pass on_error='skip'", row=row
         ) from exc
     return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def load_audio(value, sampling_rate: int | None = None, *, row=None) -> np.ndarray:
+    """A 1-D float32 waveform from an array or list of samples, a `{"array", "sampling_rate"}` dict (what
+    `datasets.Audio` decodes to), or a PCM WAV file given as a path, bytes or a `{"bytes", "path"}` dict.
+
+    Args:
+        value: the audio as a row gives it.
+        sampling_rate: the rate the feature extractor expects; audio at another rate is refused, never resampled.
+        row: the row's name for errors.
+
+    Raises:
+        ImageDecodeError: the audio cannot be read, is not 1-D (mono), is empty, or has another sampling rate.
+
+    Example:
+        >>> load_audio({"array": [0.0, 0.5, -0.5], "sampling_rate": 16000}, 16000).tolist()
+        [0.0, 0.5, -0.5]
+    """
+    rate = None
+    try:
+        if isinstance(value, dict) and value.get("array") is not None:
+            value, rate = value["array"], value.get("sampling_rate")
+        elif isinstance(value, dict):
+            value = value.get("bytes") or value.get("path")
+        if isinstance(value, (bytes, bytearray, str, os.PathLike)):
+            value, rate = _read_wav(value)
+        wave = np.asarray(value, dtype=np.float32)
+    except (OSError, TypeError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(
+            f"cannot decode audio {repr(value)[:80]}: {exc}. Give a mono waveform (array of samples, or "
+            "{'array', 'sampling_rate'}) or a PCM WAV file, or pass on_error='skip'", row=row,
+        ) from exc
+    if wave.ndim != 1 or not wave.size:
+        raise ImageDecodeError(
+            f"audio of shape {wave.shape} is not a non-empty mono waveform: give one 1-D array of samples per audio "
+            "item (average the channels of a stereo recording)", row=row,
+        )
+    if rate is not None and sampling_rate is not None and int(rate) != int(sampling_rate):
+        raise ImageDecodeError(
+            f"audio sampled at {rate} Hz but the feature extractor expects {sampling_rate} Hz: resample it before "
+            "splitting (chunker never resamples)", row=row,
+        )
+    return wave
+
+
+def _read_wav(source):
+    """(float32 samples in [-1, 1], sampling rate) of a PCM WAV file (path or bytes), mono or averaged."""
+    import wave
+
+    handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+    with wave.open(handle, "rb") as f:
+        width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
+        raw = f.readframes(f.getnframes())
+    dtype = {1: np.uint8, 2: np.int16, 4: np.int32}.get(width)
+    if dtype is None:
+        raise ValueError(f"{8 * width}-bit WAV samples are not supported (8, 16 or 32-bit PCM are)")
+    samples = np.frombuffer(raw, dtype=dtype).astype(np.float32)
+    samples = (samples - 128) / 128 if width == 1 else samples / float(np.iinfo(dtype).max)
+    return samples.reshape(-1, channels).mean(1), rate
+
+
+def audio_item_tokens(spec, tensors: dict) -> np.ndarray | None:
+    """Placeholder tokens each audio item needs, from its features by the family's rule (`spec.extra["audio_count"]`),
+    or None when the tensors or the rule do not say.
+
+    Rules (data on the spec, read off the processor when its adapter is built):
+        {"rule": "halve", "times": n}: the frame mask (`input_features_mask`) halved n times as the processor's
+            `replace_audio_token` does it (Gemma 4: `mask[::2][:t_out]` twice, the encoder's two stride-2 convs),
+            its valid frames counted.
+        {"rule": "fixed", "tokens": n}: n per item, whatever its length (Gemma 3n's `audio_seq_length`).
+
+    Example:
+        >>> spec = type("S", (), {"extra": {"audio_count": {"rule": "halve", "times": 2}}})()
+        >>> mask = np.array([[1] * 19 + [0] * 31, [1] * 9 + [0] * 41])   # 19 and 9 valid frames
+        >>> audio_item_tokens(spec, {"input_features_mask": mask}).tolist()
+        [5, 3]
+    """
+    rule = spec.extra.get("audio_count")
+    if rule is None:
+        return None
+    if rule["rule"] == "fixed":
+        n = _audio_items(tensors)
+        return None if n is None else np.full(n, int(rule["tokens"]), dtype=np.int64)
+    mask = tensors.get("input_features_mask")
+    if mask is None:
+        return None
+    mask = np.asarray(mask).astype(bool)
+    mask = mask.reshape(-1, mask.shape[-1]) if mask.ndim else mask.reshape(0, 0)
+    for _ in range(int(rule["times"])):
+        t = mask.shape[1]
+        mask = mask[:, ::2][:, : (t + 2 - 3) // 2 + 1]
+    return mask.sum(1).astype(np.int64)
+
+
+def _audio_items(tensors: dict) -> int | None:
+    for key in ("input_features_mask", "input_features"):
+        if tensors.get(key) is not None:
+            return int(np.asarray(tensors[key]).shape[0])
+    return None
 
 
 def rows_per_item(key: str, rule: str, tensors: dict, counts: np.ndarray, spec, *, row=None) -> np.ndarray:
@@ -102,27 +205,32 @@ def slice_plan(spec, tensors: dict, spans: Spans, *, row=None) -> dict:
         per = rows_per_item(key, rule, tensors, counts, spec, row=row)
         have = arr.shape[axis] if arr.ndim > axis else 0
         if key in PER_ITEM_KEYS and have != len(counts):
-            kind = "images" if stream == IMAGE else "videos"
+            kind = {IMAGE: "images", VIDEO: "videos", AUDIO: "audio items"}[stream]
             raise ImageCountError(
                 f"{key} describes {have} {kind} but the text holds {len(counts)} {kind[:-1]} spans: give exactly one "
                 f"entry per {kind[:-1]}, in order",
                 row=row,
             )
         if int(per.sum()) != have:
+            made = ("the audio features were made for other audio" if stream == AUDIO else
+                    "the pixels were made for other images")
             raise PixelMismatchError(
-                f"{key} has {have} rows along axis {axis} but the {len(counts)} media spans need {int(per.sum())} "
-                f"({per.tolist()} per item): the pixels were made for other images or another processor",
+                f"{key} has {have} rows along axis {axis} but the {len(counts)} {_NOUNS[stream]} spans need "
+                f"{int(per.sum())} ({per.tolist()} per item): {made} or another processor",
                 row=row,
             )
         plan[key] = (axis, np.concatenate([[0], np.cumsum(per)]))
     return plan
 
 
-def take_items(tensors: dict, plan: dict, image_items: np.ndarray, video_items: np.ndarray) -> dict:
-    """The rows of every planned tensor that belong to the chosen items (image and video indices, in order)."""
+def take_items(tensors: dict, plan: dict, image_items: np.ndarray, video_items: np.ndarray,
+               audio_items: np.ndarray | None = None) -> dict:
+    """The rows of every planned tensor that belong to the chosen items (image, video and audio indices, in order)."""
+    none = np.zeros(0, np.int64)
+    chosen = {IMAGE: image_items, VIDEO: video_items, AUDIO: none if audio_items is None else audio_items}
     out = {}
     for key, (axis, offsets) in plan.items():
-        items = video_items if TENSOR_STREAMS[key] == VIDEO else image_items
+        items = chosen[TENSOR_STREAMS[key]]
         arr = np.asarray(tensors[key])
         if arr.ndim == 0:
             arr = arr.reshape(1)
@@ -136,7 +244,8 @@ def check_counts(spec, tensors: dict, spans: Spans, *, row=None, expected=None) 
 
     Args:
         expected: per stream (IMAGE, VIDEO), the tokens each item needs from its metadata (the family
-            adapter's `expected_item_tokens`), or None where not derivable.
+            adapter's `expected_item_tokens`), or None where not derivable. AUDIO comes from the features by the
+            spec's rule (`audio_item_tokens`) when not given.
     """
     per = spec.tokens_per_image
     if per:
@@ -150,15 +259,19 @@ def check_counts(spec, tensors: dict, spans: Spans, *, row=None, expected=None) 
                 "edited by hand; tokenize with this processor",
                 row=row,
             )
-    for stream in (IMAGE, VIDEO):
-        want = (expected or {}).get(stream)
+    expected = dict(expected or {})
+    if expected.get(AUDIO) is None and spec.audio_token_id is not None:
+        expected[AUDIO] = audio_item_tokens(spec, tensors)
+    for stream in (IMAGE, VIDEO, AUDIO):
+        want = expected.get(stream)
         if want is None:
             continue
         have = spans.counts[spans.kinds == stream]
+        noun, media = ("audio", "audio features") if stream == AUDIO else ("image", "pixel metadata")
         if len(want) != len(have):
             raise ImageCountError(
-                f"the text holds {len(have)} media spans but the pixel metadata describes {len(want)} items: give "
-                "one image per placeholder, in order",
+                f"the text holds {len(have)} {noun} spans but the {media} describe {len(want)} items: give one "
+                f"{noun} item per placeholder, in order",
                 row=row,
             )
         bad = np.flatnonzero(want != have)
@@ -167,7 +280,7 @@ def check_counts(spec, tensors: dict, spans: Spans, *, row=None, expected=None) 
             idx = np.flatnonzero(spans.kinds == stream)[k]
             raise ImageTokenCountError(
                 f"media span [{int(spans.starts[idx])}, {int(spans.ends[idx])}) holds {int(have[k])} placeholder "
-                f"tokens but its item needs {int(want[k])}: the text and pixels come from different processor "
-                "settings; tokenize and process images with the same processor",
+                f"tokens but its item needs {int(want[k])} ({noun} {k}, from its {media}): the text and the media "
+                f"come from different processor settings; tokenize and process each {noun} with the same processor",
                 row=row,
             )

@@ -9,7 +9,7 @@ import numpy as np
 from .errors import ChunkerError, ImageTokenCountError, SpanError
 from .spec import ImageSpanSpec
 
-IMAGE, VIDEO = 0, 1
+IMAGE, VIDEO, AUDIO = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class Spans:
 
     Attributes:
         starts, ends: int64 arrays of span boundaries (brackets included).
-        kinds: 0 for an image, 1 for a video.
+        kinds: 0 for an image, 1 for a video, 2 for an audio item (`IMAGE`, `VIDEO`, `AUDIO`).
         counts: placeholder tokens in each span (the features the item must supply).
     """
 
@@ -55,7 +55,9 @@ def find_image_spans(input_ids, spec: ImageSpanSpec, *, item_counts=None, row=No
         row: the row's name for error messages (source index or id).
 
     Returns:
-        Spans, one per media item (image, or whole video), brackets included, end exclusive.
+        Spans, one per media item (image, whole video, or audio item), brackets included, end exclusive, in
+        text order. A family with audio (`spec.audio_token_id`) has its audio spans found as brackets of their
+        own, beside the image grammar.
 
     Raises:
         SpanError: an unclosed or unopened bracket, or a placeholder outside any span.
@@ -76,9 +78,11 @@ def find_image_spans(input_ids, spec: ImageSpanSpec, *, item_counts=None, row=No
     finder = _FINDERS[spec.kind]
     starts, ends = finder(ids, spec, row, at)
     spans = _with_counts(spec, starts, ends, at)
-    _check_no_stray(ids, spec, spans, row, at)
     if item_counts is not None and spec.kind == "run" and len(spans):
         spans = split_runs(spans, item_counts, row=row)
+    if spec.audio_token_id is not None:
+        spans = _with_audio(ids, spec, spans, row, at)
+    _check_no_stray(ids, spec, spans, row, at)
     return spans
 
 
@@ -200,9 +204,11 @@ def _isin(ids, values) -> np.ndarray:
     return out
 
 
-def _bracket(ids, spec, row, at):
+def _bracket(ids, spec, row, at, open_ids=None, close_ids=None, noun="an image"):
     # brackets are rare among tokens: find them once, then walk the depth over the brackets alone
-    opens, closes = at.of(spec.open_ids), at.of(spec.close_ids)
+    open_ids = spec.open_ids if open_ids is None else open_ids
+    close_ids = spec.close_ids if close_ids is None else close_ids
+    opens, closes = at.of(open_ids), at.of(close_ids)
     pos = np.concatenate([opens, closes])
     step = np.concatenate([np.ones(len(opens), np.int64), -np.ones(len(closes), np.int64)])
     order = np.argsort(pos, kind="stable")
@@ -212,7 +218,7 @@ def _bracket(ids, spec, row, at):
         at = int(pos[np.argmax(depth < 0)])
         raise SpanError(
             f"closing media token {int(ids[at])} at position {at} has no opening token "
-            f"(expected one of {list(spec.open_ids)} before it): the row was cut or built by hand; "
+            f"(expected one of {list(open_ids)} before it): the row was cut or built by hand; "
             "tokenize the whole conversation without truncation",
             row=row,
         )
@@ -220,7 +226,7 @@ def _bracket(ids, spec, row, at):
         outer = pos[(step == 1) & (depth == 1)]
         raise SpanError(
             f"media span opened at position {int(outer[-1])} is never closed (expected one of "
-            f"{list(spec.close_ids)}): the row was truncated inside an image; tokenize without truncation",
+            f"{list(close_ids)}): the row was truncated inside {noun}; tokenize without truncation",
             row=row,
         )
     starts = pos[(step == 1) & (depth == 1)]
@@ -328,6 +334,30 @@ def _with_counts(spec, starts, ends, at) -> Spans:
         kinds = (videos > 0).astype(np.int64)
         counts = counts + videos
     return Spans(starts, ends, kinds, counts)
+
+
+def _with_audio(ids, spec, spans, row, at) -> Spans:
+    """`spans` with the row's audio spans (`audio_open_ids ... audio_close_ids`, one per audio item) merged in, in
+    text order; an audio span that overlaps another media span is a `SpanError`."""
+    starts, ends = _bracket(ids, spec, row, at, spec.audio_open_ids, spec.audio_close_ids, "an audio item")
+    if not len(starts):
+        return spans
+    audio = at.of((spec.audio_token_id,))
+    counts = np.searchsorted(audio, ends) - np.searchsorted(audio, starts)
+    merged = Spans(np.concatenate([spans.starts, starts]), np.concatenate([spans.ends, ends]),
+                   np.concatenate([spans.kinds, np.full(len(starts), AUDIO, np.int64)]),
+                   np.concatenate([spans.counts, counts]))
+    merged = merged.take(np.argsort(merged.starts, kind="stable"))
+    overlap = np.flatnonzero(merged.starts[1:] < merged.ends[:-1])
+    if len(overlap):
+        k = int(overlap[0])
+        raise SpanError(
+            f"media spans [{int(merged.starts[k])}, {int(merged.ends[k])}) and [{int(merged.starts[k + 1])}, "
+            f"{int(merged.ends[k + 1])}) overlap (an audio span inside an image span or the reverse): the row was "
+            "built by hand or edited; tokenize the whole conversation with this family's processor",
+            row=row,
+        )
+    return merged
 
 
 def _check_no_stray(ids, spec, spans, row, at):

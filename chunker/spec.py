@@ -37,6 +37,9 @@ class ImageSpanSpec:
             (train_on="assistant") covers what follows a response marker up to the next instruction marker.
         prefix_media: media live only in a leading prefix (PaliGemma): every window repeats it.
         group_crops: one item is an image block followed by its pan-and-scan crop blocks (Gemma 3).
+        audio_token_id: the audio placeholder id, if the family has audio (Gemma 4 `<|audio|>`); its spans are
+            `audio_open_ids ... audio_close_ids` brackets, one per audio item, found beside the image grammar.
+        audio_open_ids, audio_close_ids: the audio bracket ids (Gemma 4 `<|audio>`, `<audio|>`).
         extra: family data for the transformers edge (pixel slicing rule, processor attributes).
 
     Example:
@@ -63,6 +66,9 @@ class ImageSpanSpec:
     response_ids: tuple[int, ...] = ()
     prefix_media: bool = False
     group_crops: bool = False
+    audio_token_id: int | None = None
+    audio_open_ids: tuple[int, ...] = ()
+    audio_close_ids: tuple[int, ...] = ()
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
@@ -78,7 +84,11 @@ class ImageSpanSpec:
             raise ConfigError("a 'terminated_run' spec needs end_id (e.g. the [IMG_END] id)")
         if self.kind == "tiles" and (not self.open_ids or self.global_id is None):
             raise ConfigError("a 'tiles' spec needs open_ids=(<fake_token_around_image> id,) and global_id")
-        for name in ("instruction_ids", "response_ids", "open_ids", "close_ids", "body_ids", "tile_ids"):
+        if self.audio_token_id is not None and not (self.audio_open_ids and self.audio_close_ids):
+            raise ConfigError("a spec with audio_token_id needs audio_open_ids and audio_close_ids (e.g. <|audio>, "
+                              "<audio|>): audio spans are brackets")
+        for name in ("instruction_ids", "response_ids", "open_ids", "close_ids", "body_ids", "tile_ids",
+                     "audio_open_ids", "audio_close_ids"):
             object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
 
     @property
@@ -87,9 +97,16 @@ class ImageSpanSpec:
         return tuple(i for i in (self.image_token_id, self.video_token_id) if i is not None)
 
     @property
+    def audio_ids(self) -> tuple[int, ...]:
+        """The audio grammar's ids (placeholder, open and close brackets); empty for a family without audio."""
+        if self.audio_token_id is None:
+            return ()
+        return (self.audio_token_id, *self.audio_open_ids, *self.audio_close_ids)
+
+    @property
     def structural_ids(self) -> tuple[int, ...]:
         """Every id that may only appear inside a span (placeholders, brackets, tile and row ids)."""
-        ids = (*self.media_ids, *self.open_ids, *self.close_ids, *self.body_ids, *self.tile_ids)
+        ids = (*self.media_ids, *self.open_ids, *self.close_ids, *self.body_ids, *self.tile_ids, *self.audio_ids)
         if self.end_id is not None:
             ids += (self.end_id,)
         if self.global_id is not None:

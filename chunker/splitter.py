@@ -47,7 +47,7 @@ from .labels import (
 from .media import TENSOR_STREAMS, check_counts, slice_plan, take_items
 from .plan import check_config, plan_batch, plan_windows
 from .sources import BASE_DIR_COLUMN
-from .spans import IMAGE, VIDEO, Spans, batch_spans, find_image_spans, media_mask
+from .spans import AUDIO, IMAGE, VIDEO, Spans, batch_spans, find_image_spans, media_mask
 
 PREFIXES = ("bos", "system", "none")
 POLICIES = ("raise", "skip")
@@ -144,6 +144,7 @@ class Parsed:
         from_messages: the row was a conversation.
         spans: the row's spans when a caller found them already (the Arrow path finds a whole batch's at once
             with the same `find_image_spans`), else None.
+        audios: the row's audio items (waveforms as given), None: the row has no such column.
     """
 
     ids: np.ndarray
@@ -155,6 +156,7 @@ class Parsed:
     system_end: int | None = None
     from_messages: bool = False
     spans: Spans | None = None
+    audios: list | None = None
 
 
 @dataclass
@@ -168,6 +170,7 @@ class RowPlan:
         image_items, video_items: per window, the indices of the media items it carries.
         slices: per tensor key, how to take each item's rows (see `media.slice_plan`).
         parsed: the parsed row (its media).
+        audio_items: per window, the indices of the audio items it carries (None: the row has no audio spans).
     """
 
     ids: np.ndarray
@@ -178,6 +181,7 @@ class RowPlan:
     video_items: list
     slices: dict
     parsed: Parsed
+    audio_items: list | None = None
 
 
 @dataclass
@@ -457,7 +461,8 @@ class WindowSplitter:
         batch = as_columns(batch)
         n = len(next(iter(batch.values()))) if batch else 0
         indices = self.row_indices(batch, indices, n)
-        media = [k for k in ("images", "videos") if k in batch or (k == "images" and is_conversational(batch))]
+        media = [k for k in ("images", "videos", "audios")
+                 if k in batch or (k == "images" and is_conversational(batch))]
         rows = []
         for i, index in enumerate(indices):
             row = {k: v[i] for k, v in batch.items()}
@@ -574,15 +579,17 @@ class WindowSplitter:
                     f"the assistant mask has {mask.size} entries but input_ids has {len(ids)}: give one per token",
                     row=row,
                 )
+        audios = example.get("audios")
         return Parsed(ids, None if labels is None else _as_array(labels), mask, tensors,
-                      None if images is None else list(images), example.get("videos"))
+                      None if images is None else list(images), example.get("videos"),
+                      audios=None if audios is None else list(audios))
 
     def _parse_messages(self, example, row) -> Parsed:
         base_dir = self.base_dir or example.get(BASE_DIR_COLUMN)
         conversation = normalize_row(example, format=self.format, base_dir=base_dir, row_index=row)
         enc = self._conversation_encoder()(conversation["messages"], conversation["images"], row=row,
-                                           base_dir=base_dir)
-        return Parsed(enc.ids, None, enc.mask, enc.tensors, enc.images, None, enc.system_end, True)
+                                           base_dir=base_dir, audios_column=conversation.get("audios"))
+        return Parsed(enc.ids, None, enc.mask, enc.tensors, enc.images, None, enc.system_end, True, audios=enc.audios)
 
     def _conversation_encoder(self):
         if self._encoder is None:
@@ -669,7 +676,7 @@ class WindowSplitter:
         (`plan_batch`), with their media items, and only the other rows go through `analyse_batch`.
 
         The batch pass vouches for a row when its checks hold for the whole batch at once: ids of the vocabulary,
-        image spans only (no videos, items one per span, the family's count per image), as many images
+        image spans only (no videos or audio, items one per span, the family's count per image), as many images
         as spans, a supervised token, prefix "bos" or "none", and a plan `plan_batch` can walk. Any other row
         (an error to raise or skip, a prefix read from the system turn) takes `analyse_batch`, so errors and
         skips are its own, raised in row order.
@@ -694,7 +701,7 @@ class WindowSplitter:
     def _vouched(self, batch: TokenBatch):
         """(rows the batch pass vouches for, their `BatchWindows`), or None when it vouches for none."""
         spec, adapter = self.spec, self.adapter
-        if not batch.checked or spec.prefix_media or self.prefix == "system":
+        if not batch.checked or spec.prefix_media or self.prefix == "system" or spec.audio_token_id is not None:
             return None
         offsets = batch.offsets
         n = len(offsets) - 1
@@ -794,6 +801,7 @@ class WindowSplitter:
         n_images = None if p.images is None or (p.from_messages and not p.images) else len(p.images)
         n_videos = None if p.videos is None else len(p.videos)
         check_media_counts(spans, n_images, n_videos, bool(p.tensors), row)
+        check_audio_counts(spans, None if p.audios is None else len(p.audios), p.tensors, row)
         slices = slice_plan(self.spec, p.tensors, spans, row=row) if p.tensors else {}
         check_counts(self.spec, p.tensors, spans, row=row, expected=self._expected_items(p.tensors))
         return spans, slices
@@ -823,13 +831,17 @@ class WindowSplitter:
             boundaries=cuts, loss_mask=mask, min_fill=self.min_fill, row=row,
         )
         geometry = np.array([(w.context_start, w.start, w.end) for w in wins], dtype=np.int64).reshape(-1, 3)
+        audios = None
+        if len(spans) and (spans.kinds == AUDIO).any():
+            audios = window_items(spans.take(spans.kinds == AUDIO), geometry, prefix_len)
+            spans = spans.take(spans.kinds != AUDIO)
         if len(spans) and (spans.kinds == VIDEO).any():
             images = window_items(spans.take(spans.kinds == IMAGE), geometry, prefix_len)
             videos = window_items(spans.take(spans.kinds == VIDEO), geometry, prefix_len)
         else:
             images = window_items(spans, geometry, prefix_len)
             videos = [_NONE] * len(geometry)
-        return RowPlan(p.ids, labels, prefix_len, geometry, images, videos, slices, p)
+        return RowPlan(p.ids, labels, prefix_len, geometry, images, videos, slices, p, audios)
 
     def _expected_items(self, tensors):
         if self.adapter is None or not tensors:
@@ -937,8 +949,11 @@ class WindowSplitter:
                 rec["images"] = [p.images[i] for i in images] if p.images else []
             if p.videos is not None:
                 rec["videos"] = [p.videos[i] for i in videos]
+            audios = _NONE if plan.audio_items is None else plan.audio_items[k]
+            if p.audios is not None:
+                rec["audios"] = [p.audios[i] for i in audios]
             if plan.slices and self.keep_pixels and not p.from_messages:
-                rec.update(take_items(p.tensors, plan.slices, images, videos))
+                rec.update(take_items(p.tensors, plan.slices, images, videos, audios))
             out.append(rec)
         dropped = 0
         if self.drop_unsupervised:
@@ -991,7 +1006,7 @@ def _adapter_for_spec(processor, spec):
 def check_media_counts(spans, n_images, n_videos, has_tensors: bool, row) -> None:
     """Raise `ImageCountError` when a row's images or videos (None: no such column) disagree with its spans."""
     n_image = int((spans.kinds == IMAGE).sum())
-    n_video = len(spans) - n_image
+    n_video = int((spans.kinds == VIDEO).sum())
     if n_images is not None and n_images != n_image:
         raise ImageCountError(
             f"the row has {n_images} images but its text holds {n_image} image spans: give exactly one "
@@ -1013,11 +1028,31 @@ def check_media_counts(spans, n_images, n_videos, has_tensors: bool, row) -> Non
 
 
 def type_ids(ids: np.ndarray, spec) -> np.ndarray:
-    """The family's type-id column: 1 on image placeholders, 2 on video placeholders, else 0."""
+    """The family's type-id column: 1 on image placeholders, 2 on video placeholders, 3 on audio placeholders
+    (as the processors' `create_mm_token_type_ids`), else 0."""
     out = (ids == spec.image_token_id).astype(np.int64)
     if spec.video_token_id is not None:
         out[ids == spec.video_token_id] = 2
+    if spec.audio_token_id is not None:
+        out[ids == spec.audio_token_id] = 3
     return out
+
+
+def check_audio_counts(spans, n_audios, tensors: dict, row) -> None:
+    """Raise `ImageCountError` when a row's audio items (its `audios` column, None: no such column) or its audio
+    features disagree with its audio spans, or its text holds audio spans with neither."""
+    n_span = int((spans.kinds == AUDIO).sum())
+    have = "input_features" in tensors or "input_features_mask" in tensors
+    if n_audios is not None and n_audios != n_span:
+        raise ImageCountError(
+            f"the row has {n_audios} audio items but its text holds {n_span} audio spans: give exactly one audio "
+            "per audio placeholder, in order", row=row,
+        )
+    if n_audios is None and n_span and not have:
+        raise ImageCountError(
+            f"the text holds {n_span} audio spans but the row has no 'audios' column and no input_features: add the "
+            "audio (in order) so each window can carry its own", row=row,
+        )
 
 
 def _as_columns(rows: list[dict], ledger_keys) -> dict:

@@ -58,15 +58,20 @@ def test_image_position_ids_are_sliced_per_window_with_the_pixels(processor):
     assert seen == len(example["images"])
 
 
-def test_a_row_with_an_audio_span_is_refused_by_name_not_cut(processor):
-    """Audio spans are not split yet: Gemma 4's audio tokens may only lie inside a media span, so a pre-tokenized row
-    holding `<|audio> <|audio|>×k <audio|>` is a named SpanError; its twin without the audio splits."""
+def test_a_row_with_an_audio_span_and_no_audio_is_refused_by_name_not_cut(processor):
+    """A pre-tokenized row holding `<|audio> <|audio|>×6 <audio|>` without its audio is a named ImageCountError (no
+    window could carry the audio's features); its twin with the audio (3520 samples: 6 tokens by the processor's own
+    `_get_num_multimodal_tokens`) splits, the audio whole in one window (tests/test_audio.py covers audio in full)."""
     example = row(2)
     text = processor.apply_chat_template(example["messages"], tokenize=False)
     ids = np.asarray(processor(text=[text], images=[example["images"]], return_tensors="np")["input_ids"])[0]
     audio = processor.tokenizer.convert_tokens_to_ids(["<|audio>"] + ["<|audio|>"] * 6 + ["<audio|>"])
     with_audio = np.concatenate([ids[:4], audio, ids[4:]])
     splitter = chunker.WindowSplitter(processor, max_length=100)
-    with pytest.raises(chunker.SpanError, match="outside every media span"):
+    with pytest.raises(chunker.ImageCountError, match="no 'audios' column and no input_features"):
         splitter.split_example({"input_ids": with_audio, "labels": with_audio, "images": example["images"]})
-    assert splitter.split_example({"input_ids": ids, "labels": ids, "images": example["images"]})
+    assert processor._get_num_multimodal_tokens(audio_lengths=[3520])["num_audio_tokens"] == [6]
+    wave = np.zeros(3520, dtype=np.float32)
+    windows = splitter.split_example({"input_ids": with_audio, "labels": with_audio, "images": example["images"],
+                                      "audios": [wave]})
+    assert [len(w["audios"]) for w in windows].count(1) == 1 and sum(len(w["audios"]) for w in windows) == 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import chunker
@@ -81,32 +80,12 @@ def test_a_broken_learned_grammar_fails_the_probe():
         check_grammar(broken)
 
 
-def mllama_processor():
-    """Mllama's real processor, built offline, with Llama 3.2 Vision's real chat template (vendored)."""
-    from transformers import MllamaProcessor
-    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+def test_mllama_is_written_not_refused_nor_learned():
+    """Its `<|image|>` is one token per image and its images reach the text by cross-attention: the written adapter
+    (`chunker.families.mllama`) holds it, not the learner (tests/test_family_mllama.py proves its windows)."""
+    from chunker.families.mllama import Mllama
 
-    from chunker.testing._tokenizer import make_tokenizer
-
-    tok = make_tokenizer(["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                          "<|eot_id|>", "<|image|>", "<|python_tag|>", "<|finetune_right_pad_id|>"],
-                         named={"image_token": "<|image|>"}, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-                         pad_token="<|finetune_right_pad_id|>")
-    template = (TEMPLATES / "meta-llama--Llama-3.2-11B-Vision-Instruct.jinja").read_text()
-    return MllamaProcessor(MllamaImageProcessorPil(size={"height": 28, "width": 28}, max_image_tiles=2), tok,
-                           chat_template=template)
-
-
-def test_mllama_is_refused_by_name_for_its_cross_attention():
-    """Its `<|image|>` is one token per image (a grammar the learner would take for a fixed run of one): the refusal
-    by name comes first and says why; the processor really returns the cross-attention tensors it names."""
-    from PIL import Image
-
-    processor = mllama_processor()
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is shown?"}]}]
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    out = processor(text=[text], images=[[Image.new("RGB", (40, 30))]], return_tensors="np")
-    assert {"cross_attention_mask", "aspect_ratio_ids"} <= set(out)
-    assert int((np.asarray(out["input_ids"]) == processor.image_token_id).sum()) == 1
-    with pytest.raises(chunker.UnsupportedProcessorError, match="MllamaProcessor.*cross-attention.*cross_attention_mask"):
-        chunker.WindowSplitter(processor, max_length=64)
+    processor = build_processor("mllama")
+    assert type(adapter_for(processor)) is Mllama
+    assert "MllamaProcessor" not in REFUSED and "MllamaProcessor" in written()
+    assert next(e for e in inventory() if e.processor == "MllamaProcessor").status == "written"

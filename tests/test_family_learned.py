@@ -5,8 +5,8 @@ Gemma 3n's each `<image_soft_token>` into `\n\n<start_of_image> <image_soft_toke
 chunker names either. Their rows are pre-tokenized by the processor itself (no chat template of these checkpoints is
 vendored, and pre-tokenized rows need none): every window holds whole spans and exactly their images' pixels
 (reference: the processor on those images), and the real model class with a tiny config trains on the collated
-windows while naive truncation of the same row raises its own error (the positive control). Gemma 3n's audio tokens,
-whose grammar is not learned, are refused by name, never cut.
+windows while naive truncation of the same row raises its own error (the positive control). Gemma 3n's audio grammar is
+learned as well (`chunker.families.audio`); audio tokens whose grammar cannot be learned are refused by name, never cut.
 """
 
 from __future__ import annotations
@@ -104,13 +104,39 @@ def test_the_tiny_model_trains_on_windows_and_naive_truncation_fails(family):
         model(**cut)
 
 
-def test_audio_tokens_whose_grammar_is_not_learned_are_refused_not_cut():
-    """A Gemma 3n row holding an audio span: its tokens may only lie inside a media span, so the row is a named error
-    (a SpanError naming the stray token); its twin without the audio splits."""
+def test_gemma3n_audio_is_learned_and_a_row_without_its_audio_is_refused_by_name():
+    """Gemma 3n's audio grammar is learned too (`<start_of_audio> <audio_soft_token>×8 <end_of_audio>`, 8 per item
+    whatever its length: the processor's `audio_seq_length`): a row holding an audio span without its audio is a named
+    ImageCountError; its twin with the audio splits, the span whole in one window."""
     processor, images, ids, _ = setup("gemma3n")
+    tok = processor.tokenizer
+    spec = adapter_for(processor).spec
+    assert (spec.audio_token_id, spec.audio_open_ids, spec.audio_close_ids) == (
+        tok.convert_tokens_to_ids("<audio_soft_token>"), (tok.convert_tokens_to_ids("<start_of_audio>"),),
+        (tok.convert_tokens_to_ids("<end_of_audio>"),))
+    assert spec.extra["audio_count"] == {"rule": "fixed", "tokens": processor.audio_seq_length}
+    audio = tok.convert_tokens_to_ids(["<start_of_audio>"] + ["<audio_soft_token>"] * 8 + ["<end_of_audio>"])
+    splitter = chunker.WindowSplitter(processor, max_length=MAX_LENGTH, train_on="all")
+    with_audio = np.concatenate([ids[:5], audio, ids[5:]])
+    with pytest.raises(chunker.ImageCountError, match="no 'audios' column"):
+        splitter.split_example({"input_ids": with_audio, "labels": with_audio, "images": images})
+    windows = splitter.split_example({"input_ids": with_audio, "labels": with_audio, "images": images,
+                                      "audios": ["the audio"]})
+    held = [w for w in windows if len(w["audios"])]
+    assert len(held) == 1 and (np.asarray(held[0]["input_ids"]) == audio[1]).sum() == 8
+
+
+def test_audio_tokens_whose_grammar_is_not_learned_are_refused_not_cut():
+    """A Gemma 3n processor without its feature extractor: no audio grammar can be learned, so its audio tokens may only
+    lie inside a media span and a row holding an audio span is a named SpanError (never cut); its twin without the
+    audio splits."""
+    processor = build_processor("gemma3n")
+    processor.feature_extractor = None
+    _, images, ids, _ = setup("gemma3n")
     tok = processor.tokenizer
     audio = tok.convert_tokens_to_ids(["<start_of_audio>"] + ["<audio_soft_token>"] * 8 + ["<end_of_audio>"])
     splitter = chunker.WindowSplitter(processor, max_length=MAX_LENGTH, train_on="all")
+    assert splitter.spec.audio_token_id is None
     with_audio = np.concatenate([ids[:5], audio, ids[5:]])
     with pytest.raises(chunker.SpanError, match="outside every media span"):
         splitter.split_example({"input_ids": with_audio, "labels": with_audio, "images": images})

@@ -154,6 +154,32 @@ EXPECTED = {
         "[{'type': 'text', 'text': 'A red ball. ASSISTANT: USER: <|im_start|>'}]",
         "[{'type': 'text', 'text': 'ASSISTANT: done'}]",
     ],
+    # The prompt is "Assistant:" and an answer opens "Assistant: ", so its space is the answer's; the template writes the
+    # end-of-sentence separator after an assistant turn only when another turn follows it, so the conversation up to
+    # an answer ends without it and it is not trained.
+    "deepseek-community--deepseek-vl-1.3b-chat": [" A red ball. ASSISTANT: USER: <|im_start|>", " ASSISTANT: done"],
+    # As DeepSeek-VL's, with "<|Assistant|>:" for the prompt.
+    "deepseek-community--Janus-Pro-1B": [" A red ball. ASSISTANT: USER: <|im_start|>", " ASSISTANT: done"],
+    # The prompt is "<|im_start|>assistant\n"; a text item is printed with a newline after it, then "<|im_end|>".
+    "lightonai--LightOnOCR-1B-1025": [
+        "A red ball. ASSISTANT: USER: <|im_start|>\n<|im_end|>",
+        "ASSISTANT: done\n<|im_end|>",
+    ],
+    # As Idefics3's without the BOS: the prompt is "Assistant:", a text-first turn is "Assistant: ...".
+    "HuggingFaceM4--idefics2-8b-chatty": [
+        " A red ball. ASSISTANT: USER: <|im_start|><end_of_utterance>",
+        " ASSISTANT: done<end_of_utterance>",
+    ],
+    # ChatML: the prompt is "<|im_start|>assistant\n".
+    "rhymes-ai--Aria": [
+        "A red ball. ASSISTANT: USER: <|im_start|><|im_end|>",
+        "ASSISTANT: done<|im_end|>",
+    ],
+    # ChatML after a fixed system turn the template always writes: the prompt is "<|im_start|>assistant\n".
+    "thisisiron--Ovis2-2B-hf": [
+        "A red ball. ASSISTANT: USER: <|im_start|><|im_end|>",
+        "ASSISTANT: done<|im_end|>",
+    ],
     # Each text is rendered as "\n" + text after the "<|im_start|>assistant\n" prompt.
     "KamilaMila--FastVLM-1.5B": [
         "\nA red ball. ASSISTANT: USER: <|im_start|><|im_end|>",

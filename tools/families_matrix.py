@@ -1,10 +1,14 @@
 """Write the README's supported-families matrix from the test registries, so it cannot drift.
 
-The rows are the shared contract's families (`tests/test_families.py::CONTRACT`), then the learned families tested on
-pre-tokenized rows (`tests/test_family_learned.py`, `chunker.testing.LEARNED`); the columns come from the registries
+The rows are the shared contract's families (`tests/test_families.py::CONTRACT`), then the model types sharing a
+supported processor class proven outside it (`tests/test_family_shared.py`, whose `MATRIX` states their rows), then
+the learned families tested on
+pre-tokenized rows (`tests/test_family_learned.py`, `chunker.testing.LEARNED`; `tests/test_family_learned_e.py`,
+`chunker.testing.LEARNED_E`, whose rows its `MATRIX` states); the columns come from the registries
 of the tests that prove each claim: the tiny-model tests (`tests/test_collator_models.py::FAMILIES`,
 `tests/test_family_models.py::MODELS`, `tests/test_family_models_d.py::MODELS`,
-`tests/test_family_learned.py`) and the integration tests
+`tests/test_family_learned.py`, `tests/test_family_tiles.py`, whose `WRITTEN` families are rows too) and the
+integration tests
 (`tests/integrations/test_unsloth.py`, `tests/test_family_unsloth.py`, `tests/integrations/test_trl.py`). The processor class and the modalities are read
 from the family's real processor and adapter.
 
@@ -28,17 +32,35 @@ def _registries() -> dict:
     import test_collator_models
     import test_families
     import test_family_learned
+    import test_family_learned_e
+    import test_family_mllama
     import test_family_models
     import test_family_models_d
+    import test_family_more
+    import test_family_shared
+    import test_family_tiles
     import test_family_unsloth
     from integrations import test_trl, test_unsloth
 
     return {
         "contract": test_families.CONTRACT,
-        "learned": test_family_learned.LEARNED,
+        "learned": test_family_learned.LEARNED + test_family_learned_e.LEARNED + test_family_more.LEARNED,
         "models": (set(test_collator_models.FAMILIES) | set(test_family_models.MODELS) | set(test_family_learned.MODELS)
-                   | set(test_family_models_d.MODELS)),
-        "collator_gaps": {f: test_family_models.collator_gap(f) for f in test_family_models.MODELS},
+                   | set(test_family_models_d.MODELS) | set(test_family_learned_e.MODELS)
+                   | set(test_family_mllama.MODELS) | set(test_family_tiles.MODELS) | set(test_family_more.MODELS)
+                   | set(test_family_shared.MODELS)),
+        # written families proven on pre-tokenized rows (no conversation path), each its own adapter
+        "pretokenized": test_family_tiles.WRITTEN + test_family_more.WRITTEN,
+        # test family -> the written adapter (of another name) that covers it, on pre-tokenized rows
+        "pretokenized_as": test_family_more.WRITTEN_AS,
+        # rows stated by their test (which checks them against the processor where the installed transformers has it),
+        # so the table is the same on every transformers
+        "stated": {**test_family_learned_e.MATRIX, **test_family_shared.MATRIX},
+        # model types sharing a supported processor class, proven on conversations in tests/test_family_shared.py
+        # (outside the shared contract: rows stated there)
+        "shared": test_family_shared.SHARED,
+        "collator_gaps": {**{f: test_family_models.collator_gap(f) for f in test_family_models.MODELS},
+                          **{f: [gap] for f, gap in test_family_more.COLLATOR_GAPS.items()}},
         "unsloth": set(test_unsloth.FAMILIES) | set(test_family_unsloth.MARKERS),
         "trl": set(test_trl.FAMILIES),
     }
@@ -57,18 +79,25 @@ def rows() -> list[list[str]]:
 
     reg = _registries()
     out = []
-    families = [*reg["contract"].items(), *((f, None) for f in reg["learned"])]
+    families = [*reg["contract"].items(), *((f, None) for f in reg["shared"]), *((f, None) for f in reg["learned"]),
+                *((f, f) for f in reg["pretokenized"]),
+                *reg["pretokenized_as"].items()]
     for family, adapter_name in families:
+        if family in reg["stated"]:
+            real, modalities, grammar = reg["stated"][family]
+            model = "yes" if family in reg["models"] else "—"
+            out.append([family, f"`{real}`", modalities, grammar, model, "—"])
+            continue
         processor = build_processor(family)
         adapter = adapter_for(processor)
         # the learner probes images only: a learned family's video grammar is not known (GLM-4.1V's frames are image
         # brackets inside a video pair), so only a written family claims videos
         video = adapter.spec.video_token_id is not None and not isinstance(adapter, Learned)
-        modalities = "image" + (", video" if video else "")
+        modalities = "image" + (", video" if video else "") + (", audio" if adapter.spec.audio_token_id is not None else "")
         if isinstance(adapter, Learned):
             grammar = f"learned ({adapter.count_rule} count{'; pre-tokenized rows' if adapter_name is None else ''})"
         else:
-            grammar = f"written (`{adapter_name}`)"
+            grammar = f"written (`{adapter_name}`{'; pre-tokenized rows' if family in (*reg['pretokenized'], *reg['pretokenized_as']) else ''})"
         gap = reg["collator_gaps"].get(family)
         model = "—" if family not in reg["models"] else (f"yes, once the collator passes {gap}" if gap else "yes")
         paths = [name for name, key in (("Unsloth", "unsloth"), ("TRL", "trl")) if family in reg[key]]

@@ -213,6 +213,29 @@ class FamilyAdapter:
 
         return torch.zeros(0, dtype=torch.int64)
 
+    def image_outputs(self, out: dict, images_per_row: list) -> dict:
+        """The image processor's tensors for several rows' images, one entry per image (or pixel block) along axis 0
+        (a hook: Mllama's image processor puts rows first and pads images per row).
+
+        Args:
+            out: the image processor's tensors for the nested images of a batch's rows.
+            images_per_row: how many images each of those rows holds.
+        """
+        return out
+
+    def model_inputs(self, batch: dict, media) -> dict:
+        """The media tensors the model's forward takes for a collated batch (a hook: Mllama's per-row image axis and
+        its `cross_attention_mask`, built from the batch's own tokens).
+
+        Args:
+            batch: the padded batch (`input_ids`, `attention_mask`, `labels`, the type-id column), `(B, L)` rows.
+            media: the batch's `chunker.collator.BatchMedia`, one entry per batch row.
+
+        Returns:
+            dict of tensors to add to the batch.
+        """
+        return media.model_inputs(self.processor)
+
     def check_sizes(self, expander, refuse) -> None:
         """Refuse (call `refuse(why)`) when the sizes recipe cannot be exact with these settings (a hook)."""
 

@@ -1,5 +1,6 @@
 """Gemma 3 (bracketed soft tokens, pan-and-scan crops grouped with their image), PaliGemma (image prefix) and Gemma 4
-(bracketed soft tokens counted from each image's size)."""
+(bracketed soft tokens counted from each image's size; audio spans `<|audio> <|audio|>×k <audio|>`, k from the frame
+mask)."""
 
 from __future__ import annotations
 
@@ -122,7 +123,12 @@ class PaliGemma(FamilyAdapter):
 class Gemma4(FamilyAdapter):
     """Gemma 4: `<|image> <|image|>×N <image|>` with N from each image's size (aspect-preserving resize to at most
     `max_soft_tokens` pooled patches); one padded pixel row and one `image_position_ids` row per image, whose
-    non-padding patches (not (-1, -1)) say N."""
+    non-padding patches (not (-1, -1)) say N.
+
+    Audio: `<|audio> <|audio|>×k <audio|>`, one span per audio item, with one padded `input_features` row (log-mel
+    frames) and one `input_features_mask` row per item; k is the mask halved twice as `replace_audio_token` does
+    (the encoder's two stride-2 convolutions), so the features of an item alone or padded beside longer ones need
+    the same k. A processor without audio tokens keeps its audio ids out of every cut (refused by name)."""
 
     name = "gemma4"
     classes = ("Gemma4Processor",)
@@ -139,9 +145,30 @@ class Gemma4(FamilyAdapter):
     def build_spec(self):
         from dataclasses import replace
 
+        from .audio import audio_grammar
         from .learned import guarded_ids
 
-        return replace(super().build_spec(), body_ids=guarded_ids(self.processor))  # its audio spans: never cut
+        spec = super().build_spec()
+        audio = audio_grammar(self.processor)
+        if audio is None:
+            return replace(spec, body_ids=guarded_ids(self.processor))  # audio it cannot describe: never cut
+        return replace(spec, **audio, extra={**spec.extra, "audio_count": {"rule": "halve", "times": 2}})
+
+    def items(self, spans, tensors, images, *, row=None):
+        """The spans as they are; an image bracket holding no image token is refused by name: a video frame
+        (`mm:ss <|image> <|video|>×n <image|>`, one per frame; Gemma 4 video is not split yet) or an edited row."""
+        from ..errors import SpanError
+
+        empty = np.flatnonzero((spans.kinds == IMAGE) & (spans.counts == 0))
+        if len(empty):
+            k = int(empty[0])
+            raise SpanError(
+                f"the image bracket at [{int(spans.starts[k])}, {int(spans.ends[k])}) holds no image token (seen "
+                f"{len(empty)} such brackets; expected {self.processor.image_token if self.processor else 'image'} "
+                "tokens): a Gemma 4 video frame, whose video is not split yet, or an edited row. Pass the row "
+                "without its video", row=row,
+            )
+        return spans
 
     def expected_item_tokens(self, tensors, stream):
         if stream != IMAGE or "image_position_ids" not in tensors:

@@ -18,76 +18,102 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-_GRID = ("`image_token × prod(grid_thw)/merge²` (Qwen-style; brackets from the template or the processor): learned "
-         "when the template brackets it with special tokens; not built offline with a real template here yet")
+_GRID = "`image_token × (t·h·w/merge²)` (Qwen-style, grid count)"
+# why a grid family is not learned yet (tests/test_family_learned_e.py shows the learner's refusals by name)
+_NO_BRACKETS = (f"{_GRID}; its brackets come only from the checkpoint's chat template (neither the processor nor the "
+                "config names them) and no byte-exact public copy was found: without it the probe sees bare runs and "
+                "the learner refuses them by name")
+_TORCHVISION = (f"{_GRID}; its image processor has only a torchvision backend, which does not load beside the CPU "
+                "torch of these machines, so it is not built offline here")
 
 # class -> what its grammar is and why no adapter is written yet (read from the installed processor's source)
 PENDING = {
     "Apertus1p5Processor": "`<boi>H*W<wrapper>` then rows of image tokens joined by end-of-line tokens, then `<eoi>`; "
                            "audio spans too",
-    "AriaProcessor": "`<|img|>` runs of crops × tokens per crop inside the template's brackets, with a pixel_mask "
-                     "tensor the collator does not carry yet",
-    "AyaVisionProcessor": "tiles `<|START_OF_IMG|> (<|IMG_TILE_k|> <|IMG_PATCH|>×n)… <|IMG_TILE_GLOBAL|> "
-                          "<|IMG_PATCH|>×n <|END_OF_IMG|>` (an InternVL-like tile rule)",
-    "ChameleonProcessor": "fixed bracket `<racm3:break> <image>×N <eoss>`: learned; no real chat template vendored",
     "Cohere2VisionProcessor": "`<|START_OF_IMG|> (<|IMG_PATCH|>×p² <|IMG_LINE_BREAK|>)×tiles <|END_OF_IMG|>`",
-    "CohereCompassProcessor": _GRID,
-    "Cosmos3EdgeProcessor": _GRID,
     "DeepseekOcr2Processor": "global and local tile queries with newline tokens, counts from settings",
-    "DeepseekVLHybridProcessor": "fixed run `<image_placeholder>×N` plus high-resolution pixel tensors",
-    "DeepseekVLProcessor": "fixed run `<image_placeholder>×N`",
-    "Dots3NoteProcessor": _GRID,
-    "Emu3Processor": "`<|image start|>H*W<|image token|> <|image|>×h·(w+1) <|extra_eof|><|image end|>`: text inside "
-                     "the bracket; VQ image tokens",
-    "Ernie4_5_VLMoeProcessor": _GRID,
-    "Exaone4_5_Processor": _GRID,
-    "Gemma3nProcessor": "fixed bracket like Gemma 3: learned for images (proven on pre-tokenized rows, "
-                        "tests/test_family_learned.py); its audio spans `<audio_soft_token>×N` are refused by name",
+    "Dots3NoteProcessor": f"{_NO_BRACKETS}; an audio feature extractor too (`<|audio_comp_pad|>`)",
+    "Ernie4_5_VLMoeProcessor": f"{_GRID} inside the template's `<|IMAGE_START|>…<|IMAGE_END|>`, but its processor "
+                               "also returns moe_mm_token_type_ids (1 on image tokens and their brackets), which the "
+                               "model reads to route them to the vision experts; no window recomputes that column yet "
+                               "(the collator would, as it does mm_token_type_ids), so the learner refuses the tensor "
+                               "by name (tests/test_family_learned_e.py)",
+    "Exaone4_5_Processor": _NO_BRACKETS,
     "Gemma4UnifiedProcessor": "the Gemma 4 grammar in its own class; not built offline here yet",
-    "Glm46VProcessor": _GRID,
-    "Glm5NextProcessor": _GRID,
-    "Granite4VisionProcessor": "LLaVA-NeXT-style runs counted from image sizes, in its own class",
-    "GraniteDoclingProcessor": "Idefics3-style tile groups, tiles of fine or coarse size",
-    "HYV4VLProcessor": _GRID,
-    "HunYuanVLProcessor": "rows of image tokens with one extra column token each (h·(w+1)+2) from image_grid_thw",
-    "HyperCLOVAXVisionV2Processor": _GRID,
-    "Idefics2Processor": "`<fake_token_around_image> <image>×S` blocks whose fake tokens are shared by back-to-back "
-                         "images and crops",
-    "Inkling2Processor": "`image_token × prod(grid_thw)` (no merge)",
+    "GraniteDoclingProcessor": "Idefics3's tile groups, except that a one-tile page is `<fake_token_around_image>"
+                               "<row_1_col_1> <image>×S` with no global block (the tile span finder needs one) and the "
+                               "fine route has 4·S tokens per tile; built offline (chunker.testing.families_f)",
+    "HYV4VLProcessor": "`<|image_pad|>×(h/merge)·(w/merge + 1)` (one extra token per merged row: its "
+                       "_get_num_multimodal_tokens counts it, its pixel rows follow the grid); brackets only from the "
+                       "checkpoint's template, not found",
+    "HunYuanVLProcessor": "`<image_start> <image>×(h·(w+1)+2) <image_end>` from image_grid_thw (the brackets come from "
+                          "the template); the processor refuses a placeholder without them, so the grammar probe needs "
+                          "a bracketed probe text, and its positions come from the model's own get_rope_index",
+    "HyperCLOVAXVisionV2Processor": _NO_BRACKETS,
+    "Inkling2Processor": "`image_token × prod(grid_thw)` (no merge); its image processor has only a torchvision "
+                         "backend, not built offline here",
     "InklingProcessor": "not probed here",
-    "JanusProcessor": "fixed bracket `<begin_of_image> <image_placeholder>×N <end_of_image>`: learned (proven on "
-                      "pre-tokenized rows with a tiny model, tests/test_family_learned.py); no real chat template "
-                      "vendored for conversation rows",
-    "Kimi_K25Processor": _GRID,
+    "Kimi_K25Processor": _TORCHVISION,
     "Lfm2VlProcessor": "tiles and a thumbnail, each `<|img_row_r_col_c|> <image>×n` inside "
                        "`<|image_start|>…<|image_end|>`, with spatial_shapes and pixel_attention_mask tensors",
-    "Lfm3VlProcessor": _GRID,
-    "LightOnOcrProcessor": "Pixtral-like `[IMG]` rows from image_sizes",
     "Llama4Processor": "tiles separated by `<|tile_x_separator|>` / `<|tile_y_separator|>` and a global image, inside "
                        "`<|image_start|>…<|image_end|>`, counts from aspect ratios",
     "MiniCPMOcrProcessor": "slices `<slice>…</slice>` with a global image, counts from grids",
-    "MiniCPMV4_6Processor": "slices `<slice>…</slice>` with a global image, counts from grids",
+    "MiniCPMV4_6Processor": "`<image>…</image>` then slices `<slice>…</slice>` (rows joined by newlines), counts from "
+                            "target_sizes; its pixel_values pack every slice along the last axis, which no pixel "
+                            "slicing rule cuts yet",
     "MiniCPMV4_7Processor": "slices `<slice>…</slice>` with a global image, counts from grids",
-    "MiniMaxM3VLProcessor": _GRID,
+    "MiniMaxM3VLProcessor": _TORCHVISION,
     "Molmo2Processor": "low- and high-resolution crops as rows `<im_patch>×w <im_col>` inside `<im_start>…<im_end>`",
-    "MuseGlimmerProcessor": _GRID,
-    "MuseSparkProcessor": _GRID,
-    "NemotronH_Omni_Reasoning_V3Processor": "`<img> <image>×N </img>` from image_grid_hw; audio spans too",
-    "Ovis2Processor": "`<IMG_START> <IMG_ATOM>×S <IMG_GRID>` then grid cells split by `<IMG_COL>` / `<IMG_ROW>`",
+    "MuseGlimmerProcessor": _TORCHVISION,
+    "MuseSparkProcessor": _TORCHVISION,
+    "NemotronH_Omni_Reasoning_V3Processor": "`<img> <image>×N </img>` from image_grid_hw; audio spans too; its image "
+                                            "processor has only a torchvision backend, not built offline here",
     "PPChart2TableProcessor": "its processor passes text and images through without expanding an image token",
     "PerceptionLMProcessor": "runs of `<|image|>` (tiles × tokens per tile) without brackets",
-    "QianfanOCRProcessor": "InternVL-like `<img> <IMG_CONTEXT>×S·patches </img>`",
     "Step3p7Processor": "local patches `<patch_start>…<patch_end>` and a global `<im_start>…<im_end>` per image",
     "UnlimitedOcrProcessor": "one run of `<image>` (global and local queries with row ends) from patches_grid",
-    "VideoLlama3Processor": _GRID,
-    "VideoLlavaProcessor": "LLaVA-style `<image>` runs and `<video>` runs of frames",
+    "VideoLlama3Processor": f"{_GRID}, merge per image; no bracket token is named by the processor or "
+                            "VideoLlama3Config and its checkpoint's template was not found; its processor also returns "
+                            "image_merge_sizes (one per image), a tensor window slicing does not know yet",
 }
 
 # class -> the learned grammar and the tests that prove it (the class is in no adapter's `classes`)
 LEARNED = {
+    "Gemma3nProcessor": "learned `<start_of_image> <image_soft_token>×N <end_of_image>` (fixed count) and its audio "
+                        "`<start_of_audio> <audio_soft_token>×8 <end_of_audio>`: proven on pre-tokenized rows with the "
+                        "real processor (tests/test_family_learned.py, tests/test_audio.py)",
     "Glm4vProcessor": "learned `<|begin_of_image|> <|image|>×(t·h·w/merge²) <|end_of_image|>` (grid count): GLM-4.1V's "
                       "real processor with GLM-4.1V-9B-Thinking's real template in the shared contract "
                       "(tests/test_families.py) and a tiny Glm4vForConditionalGeneration (tests/test_family_models_d.py)",
+    "Glm46VProcessor": "learned `<|begin_of_image|> <|image|>×(t·h·w/merge²) <|end_of_image|>` (grid count): the "
+                       "real processor with GLM-4.1V-9B-Thinking's real template (GLM-4.6V's own not vendored), "
+                       "windows of a conversation train exactly its answers, a tiny Glm46VForConditionalGeneration "
+                       "trains and naive truncation fails (tests/test_family_learned_e.py)",
+    "Glm5NextProcessor": "learned `<|begin_of_image|> <|image|>×(t·h·w/merge²) <|end_of_image|>` (grid count): the "
+                         "real processor with GLM-4.1V-9B-Thinking's real template (GLM-5-Next's own not vendored), "
+                         "windows of a conversation train exactly its answers, a tiny Glm5NextForConditionalGeneration "
+                         "trains and naive truncation fails (tests/test_family_learned_e.py)",
+    "Lfm3VlProcessor": "learned `<|vision_start|> <|image_pad|>×(t·h·w/merge²) <|vision_end|>` (grid count; "
+                       "brackets the processor names itself, no template vendored): pre-tokenized rows and a tiny "
+                       "Lfm3VlForConditionalGeneration (tests/test_family_learned_e.py; transformers 5.24)",
+    "Cosmos3EdgeProcessor": "learned `<|vision_start|> <|image_pad|>×(t·h·w/merge²) <|vision_end|>` (grid count; "
+                            "brackets the processor names itself, no template vendored; mm_token_type_ids from its "
+                            "model input names): pre-tokenized rows and a tiny Cosmos3EdgeForConditionalGeneration "
+                            "(tests/test_family_learned_e.py)",
+    "CohereCompassProcessor": "learned `<|VISION_START|> <|IMAGE_PAD|>×(t·h·w/merge²) <|VISION_END|>` (grid count; "
+                              "brackets the processor names itself, no template vendored): pre-tokenized rows and a "
+                              "tiny CohereCompassForConditionalGeneration (tests/test_family_learned_e.py)",
+    "JanusProcessor": "learned `<begin_of_image> <image_placeholder>×num_image_tokens <end_of_image>` (fixed count): "
+                      "pre-tokenized rows and a tiny JanusForConditionalGeneration (tests/test_family_learned.py), and "
+                      "conversation rows rendered by deepseek-community/Janus-Pro-1B's real template whose windows train "
+                      "exactly its answers (tests/test_family_more.py); the checkpoint's processor sets "
+                      "use_default_system_prompt, with which conversation rows are refused by name (its __call__ puts "
+                      "a system prompt before the rendered text)",
+    "ChameleonProcessor": "learned `<racm3:break> <image>×image_seq_length <eoss>` (fixed count): the real processor's "
+                          "pre-tokenized rows split into windows of whole spans and their own pixels "
+                          "and a tiny ChameleonForConditionalGeneration trains on them while naive truncation fails "
+                          "(tests/test_family_more.py); no real chat template vendored (its processor takes none)",
 }
 
 

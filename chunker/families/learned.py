@@ -22,9 +22,15 @@ from ._base import FamilyAdapter
 
 # Outputs of a processor call that are text, not media: never sliced per window.
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
-# Named tokens of modalities the probe does not learn (audio): kept out of every window cut (see `guarded_ids`).
+# Named audio tokens: split when `chunker.families.audio.learn_audio` learns their grammar, else kept out of every
+# window cut (see `guarded_ids`).
 GUARDED = ("audio_token", "boa_token", "eoa_token", "audio_bos_token", "audio_eos_token")
 _LEARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Attributes under which a processor (or its tokenizer) names the tokens that start and end an image span: when the
+# processor writes them, the learned bracket must be them (Emu3's `<|image start|> H*W <|image token|> <image>×N
+# <|extra_201|> <|image end|>` would otherwise be learned as its inner pair, leaving the size text outside the span)
+DECLARED = {"start": ("image_start_token", "boi_token", "start_image_token"),
+            "end": ("image_end_token", "eoi_token", "end_image_token")}
 
 
 class Learned(FamilyAdapter):
@@ -111,13 +117,22 @@ def _size_counts(processor, sizes) -> list[int] | None:
 def guarded_ids(processor) -> tuple[int, ...]:
     """Ids of the processor's audio tokens (`GUARDED`), for a spec's `body_ids`.
 
-    No audio grammar is known (audio spans are not split yet), so these ids may only appear inside a span: a row
-    holding them is refused by the span finder (a stray media token, `SpanError`) instead of cut through its audio.
+    Used where no audio grammar is known (`learn_audio` found none): these ids may then only appear inside a span, so
+    a row holding them is refused by the span finder (a stray media token, `SpanError`) instead of cut through its
+    audio.
     """
     tok = processor.tokenizer
     names = (getattr(processor, n, None) or getattr(tok, n, None) for n in GUARDED)
     ids = {tok.convert_tokens_to_ids(t) for t in names if isinstance(t, str) and t}
     return tuple(sorted(i for i in ids if i is not None and i != tok.unk_token_id))
+
+
+def _declared(processor, names) -> dict[str, int]:
+    """Token text -> id of the image-edge tokens `processor` (or its tokenizer) names under `names`."""
+    tok = processor.tokenizer
+    texts = {getattr(processor, n, None) or getattr(tok, n, None) for n in names}
+    ids = {t: tok.convert_tokens_to_ids(t) for t in texts if isinstance(t, str) and t}
+    return {t: int(i) for t, i in ids.items() if i is not None and i != tok.unk_token_id}
 
 
 def family_name(processor) -> str:
@@ -138,6 +153,7 @@ def _learn_spec(processor) -> ImageSpanSpec:
     from PIL import Image
 
     from ..media import TENSOR_STREAMS
+    from .audio import learn_audio
     from .probe import PROBE_SIZES, _probe_text
 
     tok = getattr(processor, "tokenizer", None)
@@ -175,6 +191,13 @@ def _learn_spec(processor) -> ImageSpanSpec:
     after = set(ids[ends].tolist()) if ends.max() < len(ids) else set()
     if not (len(before) == len(after) == 1 and before != after and (before | after) <= special):
         _refuse(processor, f"its runs of {token!r} are not between one special open and one special close token")
+    for edge, seen in (("start", before), ("end", after)):
+        named = {t: i for t, i in _declared(processor, DECLARED[edge]).items() if i in set(ids.tolist())}
+        if named and not set(named.values()) & seen:
+            _refuse(processor, f"it names {sorted(named)} as an image's {edge}, but its runs of {token!r} "
+                               f"{'open after' if edge == 'start' else 'close with'} "
+                               f"{tok.convert_ids_to_tokens(sorted(seen))}: the span holds more than one bracket pair "
+                               "(text inside it, as Emu3's size prefix), which no learned bracket can keep whole")
     extra, rules = {}, {}
     grid = out.get("image_grid_thw")
     merge = int(getattr(getattr(processor, "image_processor", None), "merge_size", 1) or 1)
@@ -193,11 +216,17 @@ def _learn_spec(processor) -> ImageSpanSpec:
     if pixels is not None and np.asarray(pixels).shape[0] != want:
         _refuse(processor, f"its pixel_values have {np.asarray(pixels).shape[0]} rows for {n} images, not {want}")
     extra["pixel_rules"] = rules
-    column = "mm_token_type_ids" if "mm_token_type_ids" in out else None
+    # a processor that names mm_token_type_ids among its model's inputs but returns it only when asked (Cosmos3-Edge):
+    # its model computes 3-D positions from it and refuses image tensors without it
+    names = getattr(processor, "model_input_names", ()) or ()
+    column = "mm_token_type_ids" if "mm_token_type_ids" in out or "mm_token_type_ids" in names else None
     if column is None and "token_type_ids" in out and np.asarray(out["token_type_ids"]).any():
         column = "token_type_ids"
     video = getattr(processor, "video_token", None)
     video_id = tok.convert_tokens_to_ids(video) if video else None
+    audio, audio_rule = learn_audio(processor) or ({}, None)  # audio whose grammar is learned is split, not guarded
+    if audio_rule is not None:
+        extra["audio_count"] = audio_rule
     return ImageSpanSpec(
         family=family_name(processor),
         kind="bracket",
@@ -205,7 +234,8 @@ def _learn_spec(processor) -> ImageSpanSpec:
         video_token_id=None if video_id in (None, tok.unk_token_id) else int(video_id),
         open_ids=(before.pop(),),
         close_ids=(after.pop(),),
-        body_ids=guarded_ids(processor),
+        body_ids=tuple(i for i in guarded_ids(processor) if audio_rule is None),
+        **audio,
         tokens_per_image=int(counts[0]) if extra["learned"] == "fixed" else None,
         type_ids_column=column,
         bos_id=tok.bos_token_id if tok.bos_token_id is not None and ids[0] == tok.bos_token_id else None,

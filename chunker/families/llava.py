@@ -36,7 +36,7 @@ class LlavaNext(FamilyAdapter):
     """Back-to-back images form one run of `<image>`; each image's own count (from its size) tells where it ends."""
 
     name = "llava_next"
-    classes = ("LlavaNextProcessor",)
+    classes = ("LlavaNextProcessor", "Granite4VisionProcessor")
     kind = "run"
     image = "attr:image_token"
     bos = True

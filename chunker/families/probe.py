@@ -68,7 +68,8 @@ def _probe(adapter, processor_kwargs) -> str | None:
     from ..splitter import type_ids
 
     processor, spec = adapter.processor, adapter.spec
-    token = getattr(processor, "image_token", None)
+    # the text placeholder the template writes: Qianfan-OCR's `image_placeholder_token` differs from its image_token
+    token = getattr(processor, "image_placeholder_token", None) or getattr(processor, "image_token", None)
     if token is None:
         return "the processor has no image_token to place in a probe text"
     images = [Image.new("RGB", (w, h), (40 * k, 90, 160)) for k, (h, w) in enumerate(PROBE_SIZES)]
@@ -114,9 +115,33 @@ def _probe(adapter, processor_kwargs) -> str | None:
 
 
 def _probe_text(processor, token: str, n: int) -> str:
-    """The probe as the model's chat template renders it (brackets come from the template for some families)."""
+    """The probe as the model's chat template renders it (brackets come from the template for some families); without a
+    template, each placeholder inside the bracket tokens the processor itself names (`declared_brackets`), if any."""
     if getattr(processor, "chat_template", None) is None:
-        return " ".join(f"x {token}" for _ in range(n)) + " y"
+        open_, close = declared_brackets(processor) or ("", "")
+        return " ".join(f"x {open_}{token}{close}" for _ in range(n)) + " y"
     content = [item for _ in range(n) for item in ({"type": "image"}, {"type": "text", "text": "look"})]
     return processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                          add_generation_prompt=True)
+
+
+# (open, close) attribute names under which a processor names the special tokens its chat template puts around an image
+# placeholder (Cosmos3-Edge, Command-A Vision Compass, LFM3-VL name `vision_start_token` / `vision_end_token` and wrap
+# each video frame in them)
+BRACKET_ATTRS = (("vision_start_token", "vision_end_token"),)
+
+
+def declared_brackets(processor) -> tuple[str, str] | None:
+    """The image bracket tokens a processor names itself (`BRACKET_ATTRS`), when both are special tokens of its
+    tokenizer; None otherwise. Used only when the processor has no chat template to render the probe."""
+    tok = getattr(processor, "tokenizer", None)
+    if tok is None:
+        return None
+    special = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {}) or {})
+    for names in BRACKET_ATTRS:
+        texts = [getattr(processor, n, None) for n in names]
+        if all(isinstance(t, str) and t for t in texts):
+            ids = [tok.convert_tokens_to_ids(t) for t in texts]
+            if all(i is not None and i != tok.unk_token_id and i in special for i in ids):
+                return texts[0], texts[1]
+    return None

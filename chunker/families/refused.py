@@ -11,11 +11,6 @@ _REWRITES = "its processor rewrites the text itself"
 _CROSS = "its model attends to images by cross-attention"
 
 REFUSED = {
-    "MllamaProcessor": (
-        f"{_CROSS}: one `<|image|>` per image and a cross_attention_mask (batch, tokens, images, tiles) plus "
-        "aspect_ratio_ids / aspect_ratio_mask; a window would need its own rows of that mask and the images its "
-        "tokens attend to, which the splitter does not slice yet"
-    ),
     "IdeficsProcessor": (
         f"{_CROSS} (Idefics 1): an image_attention_mask (batch, tokens, images) ties each token to earlier images, "
         "which windows do not slice"

@@ -9,9 +9,26 @@ FAMILIES_A = ("gemma3", "paligemma", "llava", "llava_next", "llava_onevision", "
 FAMILIES_B = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm", "internvl")
 FAMILIES_C = ("gemma4", "llava_next_video")
 FAMILIES_D = ("paddleocr_vl", "glm4v")
-FAMILIES = FAMILIES_A + FAMILIES_B + FAMILIES_C + FAMILIES_D
+FAMILIES_MLLAMA = ("mllama",)  # cross-attention (chunker.testing.families_mllama)
+# grammars chunker already knows, in their own processor classes (chunker.testing.families_f): FAMILIES_F carry a real
+# vendored template (the shared contract runs them), PRETOKENIZED_F are proven on pre-tokenized rows
+FAMILIES_F = ("deepseek_vl", "deepseek_vl_hybrid", "lighton_ocr")
+PRETOKENIZED_F = ("chameleon", "video_llava", "granite4_vision", "qianfan_ocr", "emu3")
+# tile grammars (chunker.testing.families_g): FAMILIES_G carry a real vendored template, PRETOKENIZED_G are proven on
+# pre-tokenized rows (tests/test_family_tiles.py)
+FAMILIES_G = ("ovis2", "aria")
+PRETOKENIZED_G = ("aya_vision", "idefics2")
+# model types that share a supported family's processor class but have their own model class
+# (chunker.testing.families_h; tests/test_family_shared.py): FAMILIES_H carry their checkpoints' real vendored template
+# (the shared contract runs them), SHARED_H are proven in tests/test_family_shared.py (Qwen3.5-MoE: its real thinking
+# template; VipLLaVA, GLM-4.5V: a sibling's real template as a stand-in)
+FAMILIES_H = ("qwen3_5", "qwen3_vl_moe")
+SHARED_H = ("qwen3_5_moe", "vipllava", "glm4v_moe")
+FAMILIES = FAMILIES_A + FAMILIES_B + FAMILIES_C + FAMILIES_D + FAMILIES_MLLAMA + FAMILIES_F + FAMILIES_G + FAMILIES_H
 # processors whose grammar is learned, not written (chunker.families.learned), tested on pre-tokenized rows
 LEARNED = ("janus", "gemma3n")
+# Qwen-style grid families whose grammar is learned (chunker.testing.families_e; LFM3-VL needs transformers 5.24)
+LEARNED_E = ("glm46v", "glm5_next", "lfm3_vl", "cosmos3_edge", "cohere_compass")
 
 
 def _module(family: str):
@@ -23,8 +40,19 @@ def _module(family: str):
         from . import families_c as mod
     elif family in FAMILIES_D:
         from . import families_d as mod
+    elif family in LEARNED_E:
+        from . import families_e as mod
+    elif family in FAMILIES_MLLAMA:
+        from . import families_mllama as mod
+    elif family in FAMILIES_F + PRETOKENIZED_F:
+        from . import families_f as mod
+    elif family in FAMILIES_G + PRETOKENIZED_G:
+        from . import families_g as mod
+    elif family in FAMILIES_H + SHARED_H:
+        from . import families_h as mod
     else:
-        raise ValueError(f"unknown test family {family!r}: choose one of {FAMILIES + LEARNED}")
+        known = FAMILIES + LEARNED + LEARNED_E + PRETOKENIZED_F + PRETOKENIZED_G + SHARED_H
+        raise ValueError(f"unknown test family {family!r}: choose one of {known}")
     return mod
 
 
