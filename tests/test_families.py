@@ -118,12 +118,12 @@ def item_counts(processor, spec, imgs):
     return alone
 
 
-def reference_targets(processor, messages, imgs):
+def reference_targets(processor, messages, imgs, **kwargs):
     """Supervised tokens by incremental templating, on tokens (independent of chunker's character ranges).
 
     An answer's tokens are what the conversation up to it adds to the conversation before it with the
     generation prompt (after their common prefix: some templates render the prompt slightly differently),
-    less the whitespace-only tokens the template puts after the turn.
+    less the whitespace-only tokens the template puts after the turn. `kwargs`: template keywords.
     """
     out, used = [], 0
     for k, msg in enumerate(messages):
@@ -131,8 +131,8 @@ def reference_targets(processor, messages, imgs):
         used += n_img
         if msg["role"] != "assistant":
             continue
-        prompt, _ = encode(processor, messages[:k], imgs[: used], add_generation_prompt=True)
-        full, _ = encode(processor, messages[: k + 1], imgs[: used])
+        prompt, _ = encode(processor, messages[:k], imgs[: used], add_generation_prompt=True, **kwargs)
+        full, _ = encode(processor, messages[: k + 1], imgs[: used], **kwargs)
         n = min(len(prompt), len(full))
         common = int(np.argmax(prompt[:n] != full[:n])) if (prompt[:n] != full[:n]).any() else n
         answer = full[common:].tolist()
@@ -169,12 +169,17 @@ def test_family_is_detected_from_the_processor(processors, family):
 def test_grammar_probe_passes_and_a_broken_grammar_fails_it(processors, family):
     """The probe runs the real processor on three images of different sizes; the adapter's grammar recovers it.
     The same adapter with its image id swapped for a text token's must fail (the probe can fail)."""
+    check_probe_and_twin(processor_of(processors, family))
+
+
+def check_probe_and_twin(processor):
+    """The probe passes on `processor`'s adapter; the same adapter with its image id swapped for a text token's fails,
+    naming the processor class."""
     from dataclasses import replace
 
     from chunker.families import adapter_for
     from chunker.families.probe import check_grammar
 
-    processor = processor_of(processors, family)
     check_grammar(adapter_for(processor))
     broken = adapter_for(processor)
     text_id = processor.tokenizer("cat", add_special_tokens=False)["input_ids"][0]
@@ -185,11 +190,20 @@ def test_grammar_probe_passes_and_a_broken_grammar_fails_it(processors, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_one_span_per_image_covering_every_image_token(processors, family):
-    processor = processor_of(processors, family)
+    spec, spans, n = check_one_span_per_image(processor_of(processors, family), family)
+    if spec.tokens_per_image and not spec.group_crops:
+        assert spans.counts.tolist() == [spec.tokens_per_image] * n
+    if n >= 2 and family != "paligemma":
+        assert spans.ends[0] <= spans.starts[1]
+
+
+def check_one_span_per_image(processor, family, **kwargs):
+    """`family`'s conversation, rendered with template keywords `kwargs`, has one span per image covering every image
+    token, in order (a grid family: each span the image's grid count). Returns (spec, spans, number of images)."""
     spec = chunker.ImageSpanSpec.from_processor(processor)
     messages, n = conversation(family)
     imgs = images(n)
-    ids, enc = encode(processor, messages, imgs)
+    ids, enc = encode(processor, messages, imgs, **kwargs)
     spans = chunker.find_image_spans(ids, spec, item_counts=item_counts(processor, spec, imgs))
     assert len(spans) == n
     assert int(spans.counts.sum()) == int((ids == spec.image_token_id).sum())
@@ -197,10 +211,7 @@ def test_one_span_per_image_covering_every_image_token(processors, family):
     if "image_grid_thw" in enc:
         merge = processor.image_processor.merge_size
         assert spans.counts.tolist() == (np.asarray(enc["image_grid_thw"]).prod(-1) // merge**2).tolist()
-    if spec.tokens_per_image and not spec.group_crops:
-        assert spans.counts.tolist() == [spec.tokens_per_image] * n
-    if n >= 2 and family != "paligemma":
-        assert spans.ends[0] <= spans.starts[1]
+    return spec, spans, n
 
 
 @pytest.mark.parametrize("family", FAMILIES)

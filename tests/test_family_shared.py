@@ -16,21 +16,27 @@ of the windows gives each row what its window alone gives.
 
 from __future__ import annotations
 
-import inspect
-import re
 from functools import cache
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from test_families import conversation, encode, images, item_counts
+from model_checks import assert_cut_raises, assert_trains, forward_inputs, naive_cut, random_images
+from model_checks import conversation as model_conversation
+from test_families import (
+    check_one_span_per_image,
+    check_probe_and_twin,
+    conversation,
+    images,
+    item_counts,
+    reference_targets,
+)
+from test_real_templates import trained
 
 import chunker
 from chunker.collator import WindowCollator
 from chunker.families import adapter_for
 from chunker.families.learned import Learned
-from chunker.families.probe import check_grammar
 from chunker.testing import FAMILIES_H, SHARED_H, build_model, build_processor
 from chunker.testing.families_h import SHARES, available
 
@@ -49,7 +55,6 @@ MATRIX = {
     "vipllava": ("LlavaProcessor", "image", "written (`llava`; LLaVA-1.5's template)"),
     "glm4v_moe": ("Glm4vProcessor", "image", "learned (grid count; GLM-4.1V's template)"),
 }
-TRUNCATE = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 PARTS = ("visual|vision", "language_model", "merger|projector|connector")
 
 
@@ -89,62 +94,17 @@ def test_the_matrix_row_is_the_processors(family):
 
 @pytest.mark.parametrize("family", SHARED)
 def test_detected_as_its_processors_family_the_probe_passes_and_a_broken_grammar_fails_it(family):
-    from dataclasses import replace
-
     need(family)
     processor = processor_of(family)
     assert chunker.ImageSpanSpec.from_processor(processor).family == ADAPTER[family]
     assert isinstance(adapter_for(processor), Learned) == (family == "glm4v_moe")
-    check_grammar(adapter_for(processor))
-    broken = adapter_for(processor)
-    text_id = processor.tokenizer("cat", add_special_tokens=False)["input_ids"][0]
-    broken.spec = replace(broken.spec, image_token_id=text_id)
-    with pytest.raises(chunker.GrammarError, match=type(processor).__name__):
-        check_grammar(broken)
+    check_probe_and_twin(processor)
 
 
 @pytest.mark.parametrize("family", SHARED)
 def test_one_span_per_image(family):
     need(family)
-    processor = processor_of(family)
-    spec = chunker.ImageSpanSpec.from_processor(processor)
-    messages, n = conversation(SHARES[family])
-    imgs = images(n)
-    ids, enc = encode(processor, messages, imgs, **TEMPLATE_KWARGS.get(family, {}))
-    spans = chunker.find_image_spans(ids, spec, item_counts=item_counts(processor, spec, imgs))
-    assert len(spans) == n
-    assert int(spans.counts.sum()) == int((ids == spec.image_token_id).sum())
-    assert (spans.starts[1:] >= spans.ends[:-1]).all()
-    if "image_grid_thw" in enc:
-        merge = processor.image_processor.merge_size
-        assert spans.counts.tolist() == (np.asarray(enc["image_grid_thw"]).prod(-1) // merge**2).tolist()
-
-
-def reference_targets(processor, messages, imgs, **kwargs):
-    """`test_families.reference_targets` (incremental templating on tokens) under template keywords `kwargs`."""
-    out, used = [], 0
-    for k, msg in enumerate(messages):
-        used += sum(1 for c in msg["content"] if isinstance(c, dict) and c.get("type") == "image")
-        if msg["role"] != "assistant":
-            continue
-        prompt, _ = encode(processor, messages[:k], imgs[:used], add_generation_prompt=True, **kwargs)
-        full, _ = encode(processor, messages[: k + 1], imgs[:used], **kwargs)
-        n = min(len(prompt), len(full))
-        common = int(np.argmax(prompt[:n] != full[:n])) if (prompt[:n] != full[:n]).any() else n
-        answer = full[common:].tolist()
-        while answer and not processor.tokenizer.decode(answer[-1:]).strip():
-            answer.pop()
-        out.append(np.asarray(answer, dtype=np.int64))
-    return np.concatenate(out)
-
-
-def trained(rows):
-    out = []
-    for row in rows:
-        labels, ids = np.asarray(row["labels"]), np.asarray(row["input_ids"])
-        assert (labels[1:][labels[1:] != -100] == ids[1:][labels[1:] != -100]).all()
-        out.append(labels[1:][labels[1:] != -100])
-    return np.concatenate(out)
+    check_one_span_per_image(processor_of(family), SHARES[family], **TEMPLATE_KWARGS.get(family, {}))
 
 
 @pytest.mark.parametrize("family", SHARED)
@@ -195,10 +155,10 @@ def test_with_thinking_on_the_generation_prompt_is_context_and_the_rest_is_train
     """Qwen3.5-4B-and-larger's template (the MoE checkpoints', and Qwen3.5-4B's, a `qwen3_5`): the generation prompt
     ends in `<think>\\n`; the last answer renders after `<think>\\n\\n</think>\\n\\n`, the first one without it.
     Reference: a literal read off the rendering (checked against it here), not chunker."""
-    from chunker.testing.families_h import _TEMPLATES
+    from chunker.testing._templates import vendored_template
 
     need(family)
-    processor = build_processor(family, **({"chat_template": (_TEMPLATES / template).read_text()} if template else {}))
+    processor = build_processor(family, **({"chat_template": vendored_template(template)} if template else {}))
     messages, n = conversation("qwen3_vl")
     first, second = (m["content"][0]["text"] for m in messages[1::2])
     rendering = processor.apply_chat_template(messages, tokenize=False)
@@ -215,15 +175,8 @@ def test_with_thinking_on_the_generation_prompt_is_context_and_the_rest_is_train
 @cache
 def setup(family):
     processor = processor_of(family)
-    rng = np.random.default_rng(0)
-    imgs = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in
-            [(56, 84), (64, 64), (40, 96), (72, 48)]]
-    answer = "a cat sits on a mat next to a red ball. " * 2
-    answer = answer if family == "glm4v_moe" else [{"type": "text", "text": answer}]  # GLM prints content as is
-    question = [{"type": "image"}, {"type": "text", "text": "describe this picture"}]
-    messages = []
-    for _ in imgs:
-        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    imgs = random_images()
+    messages = model_conversation(len(imgs), answer_as_string=family == "glm4v_moe")  # GLM prints content as is
     return processor, {"messages": messages, "images": imgs}
 
 
@@ -242,33 +195,15 @@ def test_the_tiny_model_trains_on_windows_and_naive_truncation_fails(family):
     assert len(windows) >= 3
     assert sum(len(w["images"]) for w in windows) == len(row["images"])
     collator = WindowCollator(processor, pad_to_multiple_of=8)
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    model.train()
     trained_windows = [w for w in windows if (np.asarray(w["labels"]) != -100).any()]
     assert len(trained_windows) >= 3 and any(len(w["images"]) for w in trained_windows)
-    for w in trained_windows:
-        assert len(w["input_ids"]) <= max_length
-        optimizer.zero_grad()
-        loss = model(**collator([w])).loss
-        assert torch.isfinite(loss)
-        loss.backward()
-        optimizer.step()
-    moved = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])}
+    assert all(len(w["input_ids"]) <= max_length for w in trained_windows)
     parts = PARTS + (("experts",) if "moe" in family else ())
-    for part in parts:
-        assert any(re.search(part, n) for n in moved), f"no {part} parameter changed: {sorted(moved)[:8]}"
+    assert_trains(model, (collator([w]) for w in trained_windows), parts)
     # the positive control: the same row cut at max_length, every image kept, as TRL / Unsloth do
     text = processor.apply_chat_template(row["messages"], tokenize=False)
-    enc = dict(processor(text=[text], images=[row["images"]], return_tensors="pt"))
-    takes = inspect.signature(model.forward).parameters
-    whole = {k: v for k, v in enc.items() if k in takes}
-    assert whole["input_ids"].shape[1] > max_length
-    cut = {k: (v[:, :max_length] if k in TRUNCATE else v) for k, v in whole.items()}
-    with torch.no_grad():
-        assert torch.isfinite(model(**whole, labels=whole["input_ids"]).loss)  # the whole row is fine
-        with pytest.raises(ValueError, match="Image features and image tokens do not match"):
-            model(**cut)
+    whole = forward_inputs(model, processor(text=[text], images=[row["images"]], return_tensors="pt"))
+    assert_cut_raises(model, naive_cut(whole, max_length), whole)
 
 
 @pytest.mark.parametrize("family", sorted(MODELS))

@@ -1,4 +1,4 @@
-"""Shared pieces of the tiny model configs and their seeded construction (families_a and families_b)."""
+"""Shared pieces of the tiny model configs and their seeded construction (every `families_*` module)."""
 
 from __future__ import annotations
 
@@ -40,3 +40,9 @@ def seeded_model(cls, config, seed: int, jitter_constants: bool = False):
                     if param.numel() > 1 and bool((param == param.flatten()[0]).all()):
                         param.add_(torch.randn_like(param) * 0.02)
     return model.float().train()
+
+
+def vision_config(image_size, patch_size, **extra) -> dict:
+    """A tiny ViT-style vision tower config (hidden 32, 2 layers, 2 heads); `extra` adds or overrides keys."""
+    return {"hidden_size": HIDDEN, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "image_size": image_size, "patch_size": patch_size, **extra}

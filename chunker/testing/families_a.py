@@ -15,16 +15,13 @@ Mistral 3 one `[IMG]` per 4x4 / 8x8 pixels.
 
 from __future__ import annotations
 
-from ._tiny import HIDDEN, seeded_model, text_config
+from ._tiny import HIDDEN, seeded_model, text_config, vision_config
 
 FAMILIES_A = ("gemma3", "paligemma", "llava", "llava_next", "llava_onevision", "pixtral", "mistral3")
 
 
+# after Gemma's `<pad> <eos> <bos> <unk>` (`_tokenizer.gemma_tokenizer`)
 GEMMA3_SPECIALS = (
-    "<pad>",
-    "<eos>",
-    "<bos>",
-    "<unk>",
     "<start_of_turn>",
     "<end_of_turn>",
     "<start_of_image>",
@@ -32,9 +29,8 @@ GEMMA3_SPECIALS = (
     "<image_soft_token>",
 )
 GEMMA3_NAMED = {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"}
-PALIGEMMA_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>", "<image>")
 LLAMA_SPECIALS = ("<unk>", "<s>", "</s>", "<image>", "<pad>")
-ONEVISION_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
+ONEVISION_SPECIALS = ("<image>", "<video>")  # after ChatML's (`_tokenizer.chatml_tokenizer`)
 # Tekken control tokens in their real order, so [IMG]=10, [IMG_BREAK]=12, [IMG_END]=13, <s>=1, </s>=2 as in the hub.
 TEKKEN_SPECIALS = (
     "<unk>",
@@ -239,17 +235,9 @@ def _gemma3(chat_template, pan_and_scan):
     from transformers import Gemma3Processor
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-    from ._tokenizer import make_tokenizer
+    from ._tokenizer import gemma_tokenizer
 
-    tokenizer = make_tokenizer(
-        GEMMA3_SPECIALS,
-        named=GEMMA3_NAMED,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        add_bos_token=True,
-    )
+    tokenizer = gemma_tokenizer(GEMMA3_SPECIALS, named=GEMMA3_NAMED, add_bos_token=True)
     image_processor = Gemma3ImageProcessorPil(
         size={"height": GEMMA3_IMAGE, "width": GEMMA3_IMAGE},
         image_mean=[0.5, 0.5, 0.5],
@@ -271,16 +259,9 @@ def _paligemma(chat_template, pan_and_scan):
     from transformers import PaliGemmaProcessor
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-    from ._tokenizer import make_tokenizer
+    from ._tokenizer import gemma_tokenizer
 
-    tokenizer = make_tokenizer(
-        PALIGEMMA_SPECIALS,
-        named={"image_token": "<image>"},
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    )
+    tokenizer = gemma_tokenizer(("<image>",), named={"image_token": "<image>"})
     image_processor = SiglipImageProcessorPil(
         size={"height": PALIGEMMA_IMAGE, "width": PALIGEMMA_IMAGE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
@@ -321,17 +302,22 @@ def _llava(chat_template, pan_and_scan):
     )
 
 
-def _llava_next(chat_template, pan_and_scan):
-    from transformers import LlavaNextProcessor
+def llava_next_image_processor():
+    """LLaVA-NeXT's real PIL image processor at this module's size (also LLaVA-NeXT-Video's and Granite 4 Vision's)."""
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-    image_processor = LlavaNextImageProcessorPil(
+    return LlavaNextImageProcessorPil(
         size={"shortest_edge": LLAVA_IMAGE},
         crop_size={"height": LLAVA_IMAGE, "width": LLAVA_IMAGE},
         image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
     )
+
+
+def _llava_next(chat_template, pan_and_scan):
+    from transformers import LlavaNextProcessor
+
     return LlavaNextProcessor(
-        image_processor=image_processor,
+        image_processor=llava_next_image_processor(),
         tokenizer=_llama_tokenizer(),
         patch_size=LLAVA_PATCH,
         vision_feature_select_strategy="default",
@@ -347,14 +333,9 @@ def _llava_onevision(chat_template, pan_and_scan):
     )
 
     from ._image_only import image_only
-    from ._tokenizer import make_tokenizer
+    from ._tokenizer import chatml_tokenizer
 
-    tokenizer = make_tokenizer(
-        ONEVISION_SPECIALS,
-        named={"image_token": "<image>", "video_token": "<video>"},
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-    )
+    tokenizer = chatml_tokenizer(ONEVISION_SPECIALS, named={"image_token": "<image>", "video_token": "<video>"})
     image_processor = LlavaOnevisionImageProcessorPil(
         size={"height": ONEVISION_IMAGE, "width": ONEVISION_IMAGE},
         image_grid_pinpoints=ONEVISION_PINPOINTS,
@@ -479,19 +460,6 @@ _MODEL_CLASSES = {
 }
 
 
-def _vision(model_type, image_size, patch_size, **extra):
-    return {
-        "model_type": model_type,
-        "hidden_size": HIDDEN,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": image_size,
-        "patch_size": patch_size,
-        **extra,
-    }
-
-
 def _config(family, processor):
     import transformers
 
@@ -499,7 +467,7 @@ def _config(family, processor):
     if family == "gemma3":
         return transformers.Gemma3Config(
             text_config=text_config(tok, model_type="gemma3_text", query_pre_attn_scalar=8, sliding_window=64),
-            vision_config=_vision("siglip_vision_model", GEMMA3_IMAGE, GEMMA3_PATCH),
+            vision_config=vision_config(GEMMA3_IMAGE, GEMMA3_PATCH, model_type="siglip_vision_model"),
             mm_tokens_per_image=processor.image_seq_length,
             boi_token_index=tok.boi_token_id,
             eoi_token_index=tok.eoi_token_id,
@@ -508,14 +476,16 @@ def _config(family, processor):
     if family == "paligemma":
         return transformers.PaliGemmaConfig(
             text_config=text_config(tok, model_type="gemma"),
-            vision_config=_vision("siglip_vision_model", PALIGEMMA_IMAGE, PALIGEMMA_PATCH, projection_dim=HIDDEN),
+            vision_config=vision_config(
+                PALIGEMMA_IMAGE, PALIGEMMA_PATCH, model_type="siglip_vision_model", projection_dim=HIDDEN
+            ),
             image_token_index=processor.image_token_id,
             vocab_size=len(tok),
             projection_dim=HIDDEN,
             hidden_size=HIDDEN,
         )
     if family in ("llava", "llava_next"):
-        vision = _vision("clip_vision_model", LLAVA_IMAGE, LLAVA_PATCH, projection_dim=HIDDEN)
+        vision = vision_config(LLAVA_IMAGE, LLAVA_PATCH, model_type="clip_vision_model", projection_dim=HIDDEN)
         common = {
             "text_config": text_config(tok, model_type="llama"),
             "vision_config": vision,
@@ -529,7 +499,7 @@ def _config(family, processor):
     if family == "llava_onevision":
         return transformers.LlavaOnevisionConfig(
             text_config=text_config(tok, model_type="qwen2"),
-            vision_config=_vision("siglip_vision_model", ONEVISION_IMAGE, ONEVISION_PATCH),
+            vision_config=vision_config(ONEVISION_IMAGE, ONEVISION_PATCH, model_type="siglip_vision_model"),
             image_token_index=processor.image_token_id,
             video_token_index=processor.video_token_id,
             vision_feature_select_strategy="full",
@@ -538,16 +508,7 @@ def _config(family, processor):
             vision_aspect_ratio="anyres_max_9",
         )
     edge = PIXTRAL_EDGE if family == "pixtral" else MISTRAL3_EDGE
-    vision = {
-        "model_type": "pixtral",
-        "hidden_size": HIDDEN,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "head_dim": 16,
-        "image_size": edge,
-        "patch_size": processor.patch_size,
-    }
+    vision = vision_config(edge, processor.patch_size, model_type="pixtral", head_dim=16)
     if family == "pixtral":
         return transformers.LlavaConfig(
             text_config=text_config(tok, model_type="mistral"),

@@ -5,7 +5,7 @@ is built too, and deterministic test waveforms.
 
 from __future__ import annotations
 
-from ._tiny import HIDDEN, seeded_model, text_config
+from ._tiny import HIDDEN, seeded_model
 
 AUDIO_FAMILIES = ("gemma4",)
 SAMPLING_RATE = 16_000
@@ -49,21 +49,10 @@ def build_model(family: str, processor, seed: int = 0):
     """
     import transformers
 
-    from .families_c import GEMMA4_PATCH, GEMMA4_POOL
+    from .families_c import gemma4_config
 
     _check(family)
-    tok = processor.tokenizer
-    text = text_config(tok, model_type="gemma4_text", sliding_window=64, layer_types=["sliding_attention",
-                       "full_attention"], vocab_size_per_layer_input=len(tok), hidden_size_per_layer_input=8)
-    vision = {"model_type": "gemma4_vision", "hidden_size": HIDDEN, "intermediate_size": 64, "num_hidden_layers": 2,
-              "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16, "patch_size": GEMMA4_PATCH,
-              "pooling_kernel_size": GEMMA4_POOL, "position_embedding_size": 64}
-    config = transformers.Gemma4Config(
-        text_config=text, vision_config=vision, audio_config=dict(GEMMA4_AUDIO),
-        boi_token_id=tok.boi_token_id, eoi_token_id=tok.eoi_token_id, image_token_id=tok.image_token_id,
-        video_token_id=processor.video_token_id, boa_token_id=tok.boa_token_id,
-        eoa_token_index=tok.eoa_token_id, audio_token_id=tok.audio_token_id,
-    )
+    config = gemma4_config(processor, audio_config=dict(GEMMA4_AUDIO))
     return seeded_model(transformers.Gemma4ForConditionalGeneration, config, seed, jitter_constants=True)
 
 

@@ -10,14 +10,12 @@ backward on CPU in well under a second.
 
 from __future__ import annotations
 
-from ._tiny import HIDDEN, seeded_model, text_config
+from ._tiny import HIDDEN, seeded_model, text_config, vision_config
 
 FAMILIES_B = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm", "internvl")
 
+# after ChatML's `<|endoftext|> <|im_start|> <|im_end|>` (`_tokenizer.chatml_tokenizer`), as INTERNVL_SPECIALS
 QWEN_SPECIALS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
     "<|vision_start|>",
     "<|vision_end|>",
     "<|vision_pad|>",
@@ -56,7 +54,7 @@ SMOLVLM_NAMED = {
     "global_image_token": "<global-img>",
     "end_of_utterance_token": "<end_of_utterance>",
 }
-INTERNVL_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>")
+INTERNVL_SPECIALS = ("<img>", "</img>", "<IMG_CONTEXT>", "<video>")
 INTERNVL_NAMED = {
     "start_image_token": "<img>",
     "end_image_token": "</img>",
@@ -157,7 +155,7 @@ def _qwen_processor(family, min_pixels=None, max_pixels=None, chat_template=None
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from ._image_only import image_only
-    from ._tokenizer import make_tokenizer
+    from ._tokenizer import chatml_tokenizer
 
     patch = QWEN_PATCH[family]
     unit = (patch * 2) ** 2  # pixels per merged token (merge_size 2)
@@ -167,7 +165,7 @@ def _qwen_processor(family, min_pixels=None, max_pixels=None, chat_template=None
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=min_pixels or 4 * unit, max_pixels=max_pixels or 64 * unit, **image_kwargs
     )
-    tokenizer = make_tokenizer(QWEN_SPECIALS, named=QWEN_NAMED, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer = chatml_tokenizer(QWEN_SPECIALS, named=QWEN_NAMED)
     cls = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor, "qwen3_vl": Qwen3VLProcessor}[family]
     default = QWEN3_VL_TEMPLATE if family == "qwen3_vl" else QWEN2_VL_TEMPLATE
     return image_only(cls)(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template or default)
@@ -230,7 +228,7 @@ def _internvl_processor(max_patches=4, chat_template=None):
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
     from ._image_only import image_only
-    from ._tokenizer import make_tokenizer
+    from ._tokenizer import chatml_tokenizer
 
     image_processor = GotOcr2ImageProcessorPil(
         size={"height": INTERNVL_TILE, "width": INTERNVL_TILE},
@@ -240,9 +238,7 @@ def _internvl_processor(max_patches=4, chat_template=None):
         image_mean=[0.485, 0.456, 0.406],
         image_std=[0.229, 0.224, 0.225],
     )
-    tokenizer = make_tokenizer(
-        INTERNVL_SPECIALS, named=INTERNVL_NAMED, eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
+    tokenizer = chatml_tokenizer(INTERNVL_SPECIALS, named=INTERNVL_NAMED)
     return image_only(InternVLProcessor)(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -296,15 +292,8 @@ def _config(family, processor):
     import transformers
 
     tok = processor.tokenizer
-    ids = {
-        "image_token_id": processor.image_token_id,
-    }
+    ids = qwen_token_ids(processor) if family in QWEN_PATCH else {"image_token_id": processor.image_token_id}
     if family in QWEN_PATCH:
-        ids.update(
-            video_token_id=processor.video_token_id,
-            vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-            vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
-        )
         ip = processor.image_processor
         geometry = {"patch_size": ip.patch_size, "temporal_patch_size": ip.temporal_patch_size, "spatial_merge_size": 2}
         # mrope_section halves of head_dim 8: temporal, height, width
@@ -348,14 +337,7 @@ def _config(family, processor):
         mrope3 = {**mrope, "mrope_interleaved": True}
         return transformers.Qwen3VLConfig(text_config=text_config(tok, rope_parameters=mrope3), vision_config=vision, **ids)
     if family in ("idefics3", "smolvlm"):
-        vision = {
-            "hidden_size": HIDDEN,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": IDEFICS_TILE,
-            "patch_size": IDEFICS_PATCH,
-        }
+        vision = vision_config(IDEFICS_TILE, IDEFICS_PATCH)
         cls = transformers.Idefics3Config if family == "idefics3" else transformers.SmolVLMConfig
         return cls(
             text_config={"model_type": "llama", **text_config(tok)},
@@ -364,14 +346,7 @@ def _config(family, processor):
             pad_token_id=tok.pad_token_id,
             **ids,
         )
-    vision = {
-        "hidden_size": HIDDEN,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": [INTERNVL_TILE, INTERNVL_TILE],
-        "patch_size": [INTERNVL_PATCH, INTERNVL_PATCH],
-    }
+    vision = vision_config([INTERNVL_TILE, INTERNVL_TILE], [INTERNVL_PATCH, INTERNVL_PATCH])
     return transformers.InternVLConfig(
         text_config={"model_type": "qwen2", **text_config(tok)},
         vision_config=vision,
@@ -379,6 +354,14 @@ def _config(family, processor):
         downsample_ratio=0.5,
         **ids,
     )
+
+
+def qwen_token_ids(processor) -> dict:
+    """The token ids a Qwen-VL model config names: image and video placeholders, the vision brackets."""
+    tok = processor.tokenizer
+    return {"image_token_id": processor.image_token_id, "video_token_id": processor.video_token_id,
+            "vision_start_token_id": tok.convert_tokens_to_ids("<|vision_start|>"),
+            "vision_end_token_id": tok.convert_tokens_to_ids("<|vision_end|>")}
 
 
 def qwen_video_tokens(family: str, processor, grid_thw, fps: float = 2.0, frames_indices=None) -> list[int]:

@@ -9,13 +9,11 @@ vendored template: they are tested on pre-tokenized rows, which need none.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ._tiny import HIDDEN, seeded_model, text_config
+from ._templates import chat_template_option, vendored_template
+from ._tiny import HIDDEN, seeded_model, text_config, vision_config
 
 FAMILIES_C = ("gemma4", "llava_next_video")
 LEARNED = ("janus", "gemma3n")
-TEMPLATES = Path(__file__).resolve().parents[2] / "tests" / "data" / "chat_templates"
 TEMPLATE_FILES = {"gemma4": "google--gemma-4-E2B-it.jinja", "llava_next_video": "llava-hf--LLaVA-NeXT-Video-7B-hf.jinja"}
 
 # google/gemma-4-*: the tokenizer's named special tokens (its tokenizer_config.json), in a fixed order.
@@ -32,7 +30,7 @@ GEMMA4_NAMED = {
     "eoc_token": "<channel|>",
     "think_token": "<|think|>",
 }
-GEMMA4_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *GEMMA4_NAMED.values(), "<|video|>")
+GEMMA4_SPECIALS = ("<mask>", *GEMMA4_NAMED.values(), "<|video|>")  # after Gemma's `<pad> <eos> <bos> <unk>`
 # Geometry: patches of 4x4 pixels pooled 3x3, at most 70 soft tokens per image (the smallest budget the image
 # processor accepts; the checkpoints use 16x16 patches and 280).
 GEMMA4_PATCH, GEMMA4_POOL, GEMMA4_SOFT_TOKENS = 4, 3, 70
@@ -44,15 +42,8 @@ def _check_family(family: str) -> None:
 
 
 def template(family: str) -> str:
-    """The vendored real chat template of `family`'s checkpoint (see tests/data/chat_templates/SOURCES.md).
-
-    Raises:
-        FileNotFoundError: the source tree's test data is not there (an installed wheel): pass `chat_template=`.
-    """
-    path = TEMPLATES / TEMPLATE_FILES[family]
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is not installed with the package: pass chat_template= to build_processor")
-    return path.read_text()
+    """The vendored real chat template of `family`'s checkpoint (`_templates.vendored_template`)."""
+    return vendored_template(TEMPLATE_FILES[family])
 
 
 def build_processor(family: str, **options):
@@ -75,9 +66,7 @@ def build_processor(family: str, **options):
         ('Gemma4Processor', '<|image|>', '<|image>')
     """
     _check_family(family)
-    chat_template = options.pop("chat_template", None)
-    if options:
-        raise ValueError(f"unknown options {sorted(options)} for family {family!r}: valid is chat_template")
+    chat_template = chat_template_option(family, options)
     if family in LEARNED:
         return _BUILDERS[family](chat_template)
     return _BUILDERS[family](chat_template or template(family))
@@ -89,10 +78,9 @@ def _gemma4(chat_template):
 
     from ._image_only import image_only
     from ._no_torchvision import processor_class
-    from ._tokenizer import make_tokenizer
+    from ._tokenizer import gemma_tokenizer
 
-    tokenizer = make_tokenizer(GEMMA4_SPECIALS, named=GEMMA4_NAMED, bos_token="<bos>", eos_token="<eos>",
-                               pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
+    tokenizer = gemma_tokenizer(GEMMA4_SPECIALS, named=GEMMA4_NAMED, mask_token="<mask>")
     image_processor = Gemma4ImageProcessorPil(patch_size=GEMMA4_PATCH, pooling_kernel_size=GEMMA4_POOL,
                                               max_soft_tokens=GEMMA4_SOFT_TOKENS)
     return image_only(processor_class("gemma4", "Gemma4Processor"))(
@@ -106,23 +94,18 @@ def _gemma4(chat_template):
 
 
 def _llava_next_video(chat_template):
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
     from transformers.models.llava_next_video.processing_llava_next_video import LlavaNextVideoProcessor
 
     from ._image_only import image_only
-    from ._tokenizer import make_tokenizer
-    from .families_a import LLAVA_IMAGE, LLAVA_NEXT_PINPOINTS, LLAVA_PATCH
+    from ._tokenizer import llama_tokenizer
+    from .families_a import LLAVA_PATCH, llava_next_image_processor
 
     # lmms-lab/LLaVA-NeXT-Video-7B on vicuna: the conversion adds <video> and <image> as special tokens
-    tokenizer = make_tokenizer(("<unk>", "<s>", "</s>", "<pad>", "<video>", "<image>"),
-                               named={"image_token": "<image>", "video_token": "<video>"}, bos_token="<s>",
-                               eos_token="</s>", pad_token="<pad>", unk_token="<unk>", add_bos_token=True)
-    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": LLAVA_IMAGE},
-                                                 crop_size={"height": LLAVA_IMAGE, "width": LLAVA_IMAGE},
-                                                 image_grid_pinpoints=LLAVA_NEXT_PINPOINTS)
+    tokenizer = llama_tokenizer(("<video>", "<image>"), named={"image_token": "<image>", "video_token": "<video>"})
     return image_only(LlavaNextVideoProcessor)(
-        video_processor=None, image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template,
-        patch_size=LLAVA_PATCH, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        video_processor=None, image_processor=llava_next_image_processor(), tokenizer=tokenizer,
+        chat_template=chat_template, patch_size=LLAVA_PATCH, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
     )
 
 
@@ -135,12 +118,9 @@ def _janus(chat_template):
     from transformers import JanusProcessor
     from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
 
-    from ._tokenizer import make_tokenizer
+    from .families_f import deepseek_tokenizer
 
-    tokenizer = make_tokenizer(("<unk>", "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<pad>",
-                                *JANUS_NAMED.values()), named=JANUS_NAMED, bos_token="<｜begin▁of▁sentence｜>",
-                               eos_token="<｜end▁of▁sentence｜>", pad_token="<pad>", unk_token="<unk>",
-                               add_bos_token=True)
+    tokenizer = deepseek_tokenizer(JANUS_NAMED)
     image_processor = JanusImageProcessorPil(size={"height": JANUS_IMAGE, "width": JANUS_IMAGE})
     return JanusProcessor(image_processor, tokenizer, chat_template=chat_template,
                           num_image_tokens=(JANUS_IMAGE // JANUS_PATCH) ** 2)
@@ -156,11 +136,10 @@ def _gemma3n(chat_template):
     from transformers.models.gemma3n.feature_extraction_gemma3n import Gemma3nAudioFeatureExtractor
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-    from ._tokenizer import make_tokenizer
+    from ._tokenizer import gemma_tokenizer
 
-    tokenizer = make_tokenizer(("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>",
-                                *GEMMA3N_NAMED.values()), named=GEMMA3N_NAMED, bos_token="<bos>", eos_token="<eos>",
-                               pad_token="<pad>", unk_token="<unk>", add_bos_token=True)
+    tokenizer = gemma_tokenizer(("<start_of_turn>", "<end_of_turn>", *GEMMA3N_NAMED.values()), named=GEMMA3N_NAMED,
+                                add_bos_token=True)
     return Gemma3nProcessor(Gemma3nAudioFeatureExtractor(), SiglipImageProcessorPil(size={"height": 32, "width": 32}),
                             tokenizer, chat_template=chat_template, image_seq_length=16, audio_seq_length=8)
 
@@ -205,25 +184,34 @@ def build_model(family: str, processor, seed: int = 0):
         )
         return seeded_model(transformers.JanusForConditionalGeneration, config, seed)
     if family == "llava_next_video":
-        from .families_a import LLAVA_IMAGE, LLAVA_NEXT_PINPOINTS, LLAVA_PATCH, _vision
+        from .families_a import LLAVA_IMAGE, LLAVA_NEXT_PINPOINTS, LLAVA_PATCH
 
         config = transformers.LlavaNextVideoConfig(
             text_config=text_config(tok, model_type="llama"),
-            vision_config=_vision("clip_vision_model", LLAVA_IMAGE, LLAVA_PATCH, projection_dim=HIDDEN),
+            vision_config=vision_config(LLAVA_IMAGE, LLAVA_PATCH, model_type="clip_vision_model",
+                                        projection_dim=HIDDEN),
             image_token_index=tok.image_token_id, video_token_index=tok.video_token_id,
             vision_feature_select_strategy="default", vision_feature_layer=-2,
             image_grid_pinpoints=LLAVA_NEXT_PINPOINTS, image_seq_length=(LLAVA_IMAGE // LLAVA_PATCH) ** 2,
         )
         return seeded_model(transformers.LlavaNextVideoForConditionalGeneration, config, seed, jitter_constants=True)
+    return seeded_model(transformers.Gemma4ForConditionalGeneration, gemma4_config(processor), seed,
+                        jitter_constants=True)
+
+
+def gemma4_config(processor, audio_config=None):
+    """A tiny `Gemma4Config` matching Gemma 4's `processor`: text and vision; an audio tower when `audio_config`."""
+    import transformers
+
+    tok = processor.tokenizer
     text = text_config(tok, model_type="gemma4_text", sliding_window=64, layer_types=["sliding_attention",
                        "full_attention"], vocab_size_per_layer_input=len(tok), hidden_size_per_layer_input=8)
     vision = {"model_type": "gemma4_vision", "hidden_size": HIDDEN, "intermediate_size": 64, "num_hidden_layers": 2,
               "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16, "patch_size": GEMMA4_PATCH,
               "pooling_kernel_size": GEMMA4_POOL, "position_embedding_size": 64}
-    config = transformers.Gemma4Config(
-        text_config=text, vision_config=vision, audio_config=None,
+    return transformers.Gemma4Config(
+        text_config=text, vision_config=vision, audio_config=audio_config,
         boi_token_id=tok.boi_token_id, eoi_token_id=tok.eoi_token_id, image_token_id=tok.image_token_id,
         video_token_id=processor.video_token_id, boa_token_id=tok.boa_token_id,
         eoa_token_index=tok.eoa_token_id, audio_token_id=tok.audio_token_id,
     )
-    return seeded_model(transformers.Gemma4ForConditionalGeneration, config, seed, jitter_constants=True)

@@ -8,12 +8,10 @@ Every processor carries its checkpoint's REAL chat template, vendored byte-exact
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from ._templates import chat_template_option, vendored_template
 from ._tiny import HIDDEN, seeded_model, text_config
 
 FAMILIES_D = ("paddleocr_vl", "glm4v")
-TEMPLATES = Path(__file__).resolve().parents[2] / "tests" / "data" / "chat_templates"
 TEMPLATE_FILES = {"paddleocr_vl": "PaddlePaddle--PaddleOCR-VL.jinja", "glm4v": "zai-org--GLM-4.1V-9B-Thinking.jinja"}
 
 # PaddlePaddle/PaddleOCR-VL: the tokenizer's special tokens (its added tokens). The processor reads the tokenizer's
@@ -33,15 +31,8 @@ def _check_family(family: str) -> None:
 
 
 def template(family: str) -> str:
-    """The vendored real chat template of `family`'s checkpoint (see tests/data/chat_templates/SOURCES.md).
-
-    Raises:
-        FileNotFoundError: the source tree's test data is not there (an installed wheel): pass `chat_template=`.
-    """
-    path = TEMPLATES / TEMPLATE_FILES[family]
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is not installed with the package: pass chat_template= to build_processor")
-    return path.read_bytes().decode("utf-8")
+    """The vendored real chat template of `family`'s checkpoint (`_templates.vendored_template`)."""
+    return vendored_template(TEMPLATE_FILES[family])
 
 
 def build_processor(family: str, **options):
@@ -66,10 +57,7 @@ def build_processor(family: str, **options):
         'Glm4vProcessor'
     """
     _check_family(family)
-    chat_template = options.pop("chat_template", None)
-    if options:
-        raise ValueError(f"unknown options {sorted(options)} for family {family!r}: valid is chat_template")
-    return _BUILDERS[family](chat_template or template(family))
+    return _BUILDERS[family](chat_template_option(family, options) or template(family))
 
 
 def _paddleocr_vl(chat_template):
@@ -87,11 +75,7 @@ def _paddleocr_vl(chat_template):
     return PaddleOCRVLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
 
 
-# zai-org/GLM-4.1V-9B-Thinking: the tokenizer's special tokens the template and the processor use (its added tokens);
-# the processor finds its image and video tokens by these names (the tokenizer names none).
-GLM4V_SPECIALS = ("<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
-                  "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
-                  "<|end_of_video|>", "<|image|>", "<|video|>", "<think>", "</think>")
+# zai-org/GLM-4.1V-9B-Thinking: its tokenizer's special tokens are `_tokenizer.GLM_SPECIALS`.
 # Geometry: 4-pixel patches merged 2x2, two frames a patch in time (an image is repeated); images resized to an area
 # of 64..1024 pixels.
 GLM4V_PATCH, GLM4V_MERGE = 4, 2
@@ -102,9 +86,9 @@ def _glm4v(chat_template):
     from transformers.models.glm4v.processing_glm4v import Glm4vProcessor
 
     from ._image_only import image_only
-    from ._tokenizer import make_tokenizer
+    from ._tokenizer import glm_tokenizer
 
-    tokenizer = make_tokenizer(GLM4V_SPECIALS, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer = glm_tokenizer()
     side = GLM4V_PATCH * GLM4V_MERGE
     image_processor = Glm4vImageProcessorPil(patch_size=GLM4V_PATCH, merge_size=GLM4V_MERGE, temporal_patch_size=2,
                                              size={"shortest_edge": side**2, "longest_edge": (side * 4) ** 2})
@@ -136,17 +120,8 @@ def build_model(family: str, processor, seed: int = 0):
     _check_family(family)
     tok = processor.tokenizer
     if family == "glm4v":
-        ids = {name: tok.convert_tokens_to_ids(t) for name, t in (
-            ("image_token_id", "<|image|>"), ("video_token_id", "<|video|>"), ("image_start_token_id", "<|begin_of_image|>"),
-            ("image_end_token_id", "<|end_of_image|>"), ("video_start_token_id", "<|begin_of_video|>"),
-            ("video_end_token_id", "<|end_of_video|>"))}
-        # half of head_dim 16 rotates (as the checkpoint's 64 of 128): mrope_section halves of those 8
-        rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]}
-        text = text_config(tok, model_type="glm4v_text", head_dim=16, num_attention_heads=2, rope_parameters=rope)
-        vision = {"depth": 2, "hidden_size": HIDDEN, "num_heads": 2, "intermediate_size": 64, "out_hidden_size": HIDDEN,
-                  "patch_size": GLM4V_PATCH, "spatial_merge_size": GLM4V_MERGE, "temporal_patch_size": 2,
-                  "image_size": 64}
-        config = transformers.Glm4vConfig(text_config=text, vision_config=vision, **ids)
+        config = transformers.Glm4vConfig(text_config=glm_text_config(tok, model_type="glm4v_text"),
+                                          vision_config=glm_vision_config(), **glm_token_ids(tok))
         return seeded_model(transformers.Glm4vForConditionalGeneration, config, seed, jitter_constants=True)
     text = text_config(tok, model_type="paddleocr_vl_text", head_dim=16, num_attention_heads=2,
                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
@@ -158,3 +133,24 @@ def build_model(family: str, processor, seed: int = 0):
         vision_end_token_id=tok.convert_tokens_to_ids("<|IMAGE_END|>"),
     )
     return seeded_model(transformers.PaddleOCRVLForConditionalGeneration, config, seed, jitter_constants=True)
+
+
+def glm_token_ids(tok) -> dict:
+    """The token ids a GLM-V model config names: the image and video placeholders and their brackets."""
+    return {name: tok.convert_tokens_to_ids(t) for name, t in (
+        ("image_token_id", "<|image|>"), ("video_token_id", "<|video|>"),
+        ("image_start_token_id", "<|begin_of_image|>"), ("image_end_token_id", "<|end_of_image|>"),
+        ("video_start_token_id", "<|begin_of_video|>"), ("video_end_token_id", "<|end_of_video|>"))}
+
+
+def glm_text_config(tok, **extra) -> dict:
+    """A tiny GLM-V text config: half of head_dim 16 rotates (the checkpoint: 64 of 128), mrope halves of those 8."""
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]}
+    return text_config(tok, head_dim=16, num_attention_heads=2, rope_parameters=rope, **extra)
+
+
+def glm_vision_config(patch=GLM4V_PATCH, merge=GLM4V_MERGE, temporal=2, **extra) -> dict:
+    """A tiny GLM-V vision tower config (2 layers, hidden 32) with the processor's patch geometry."""
+    return {"depth": 2, "hidden_size": HIDDEN, "num_heads": 2, "intermediate_size": 64, "out_hidden_size": HIDDEN,
+            "patch_size": patch, "spatial_merge_size": merge, "temporal_patch_size": temporal, "image_size": 64,
+            **extra}

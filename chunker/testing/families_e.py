@@ -14,6 +14,7 @@ are pre-tokenized.
 
 from __future__ import annotations
 
+from ._templates import chat_template_option
 from ._tiny import HIDDEN, seeded_model, text_config
 
 FAMILIES_E = ("glm46v", "glm5_next", "lfm3_vl", "cosmos3_edge", "cohere_compass")
@@ -26,10 +27,7 @@ SIZE = {"shortest_edge": SIDE**2, "longest_edge": (SIDE * 4) ** 2}
 # 3-D rope over half of the tiny text model's head_dim 8 (the checkpoints': [24, 20, 20] of 128)
 MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
 
-# zai-org/GLM-4.6V: the GLM-V tokenizer's special tokens (as GLM-4.1V's; `chunker.testing.families_d.GLM4V_SPECIALS`)
-GLM_SPECIALS = ("<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
-                "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
-                "<|end_of_video|>", "<|image|>", "<|video|>", "<think>", "</think>")
+# zai-org/GLM-4.6V's and GLM-5-Next's tokenizer is the GLM-V one (GLM-4.1V's: `_tokenizer.glm_tokenizer`).
 # The defaults each processor class reads when its tokenizer names none (from the class's __init__): placeholder,
 # video placeholder, bracket open, bracket close; plus an end-of-text token for padding.
 QWEN_STYLE = {
@@ -89,12 +87,10 @@ def build_processor(family: str, **options):
     import importlib
 
     from ._image_only import image_only
-    from ._tokenizer import make_tokenizer
+    from ._tokenizer import glm_tokenizer, make_tokenizer
 
     _check_family(family)
-    chat_template = options.pop("chat_template", None)
-    if options:
-        raise ValueError(f"unknown options {sorted(options)} for family {family!r}: valid is chat_template")
+    chat_template = chat_template_option(family, options)
     why = available(family)
     if why:
         raise ImportError(why)
@@ -104,7 +100,7 @@ def build_processor(family: str, **options):
     if family in GLM:
         from .families_d import template
 
-        tokenizer = make_tokenizer(GLM_SPECIALS, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+        tokenizer = glm_tokenizer()
         chat_template = chat_template or template("glm4v")
     else:
         tokenizer = make_tokenizer(("<|endoftext|>", *QWEN_STYLE[family]), eos_token="<|endoftext|>",
@@ -134,23 +130,19 @@ def build_model(family: str, processor, seed: int = 0):
     """
     import transformers
 
+    from .families_d import glm_text_config, glm_token_ids, glm_vision_config
+
     _check_family(family)
     tok = processor.tokenizer
     ids = tok.convert_tokens_to_ids
     temporal = processor.image_processor.temporal_patch_size
     if family == "glm46v":
-        special = {"image_token_id": ids("<|image|>"), "video_token_id": ids("<|video|>"),
-                   "image_start_token_id": ids("<|begin_of_image|>"), "image_end_token_id": ids("<|end_of_image|>"),
-                   "video_start_token_id": ids("<|begin_of_video|>"), "video_end_token_id": ids("<|end_of_video|>")}
-        rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]}
-        text = text_config(tok, model_type="glm4v_text", head_dim=16, num_attention_heads=2, rope_parameters=rope)
-        vision = {"model_type": "glm4v_vision", "depth": 2, "hidden_size": HIDDEN, "num_heads": 2,
-                  "intermediate_size": 64, "out_hidden_size": HIDDEN, "patch_size": PATCH, "spatial_merge_size": MERGE,
-                  "temporal_patch_size": temporal, "image_size": 64}
-        config = transformers.Glm46VConfig(text_config=text, vision_config=vision, **special)
+        config = transformers.Glm46VConfig(
+            text_config=glm_text_config(tok, model_type="glm4v_text"),
+            vision_config=glm_vision_config(PATCH, MERGE, temporal, model_type="glm4v_vision"), **glm_token_ids(tok))
         return seeded_model(transformers.Glm46VForConditionalGeneration, config, seed, jitter_constants=True)
     if family == "glm5_next":
-        return _glm5_next(tok, ids, temporal, seed)
+        return _glm5_next(tok, temporal, seed)
     image, video, open_, close = QWEN_STYLE[family]
     special = {"image_token_id": ids(image), "video_token_id": ids(video), "vision_start_token_id": ids(open_),
                "vision_end_token_id": ids(close)}
@@ -158,12 +150,11 @@ def build_model(family: str, processor, seed: int = 0):
     return build(tok, special, temporal, seed)
 
 
-def _glm5_next(tok, ids, temporal, seed):
+def _glm5_next(tok, temporal, seed):
     import transformers
 
-    special = {"image_token_id": ids("<|image|>"), "video_token_id": ids("<|video|>"),
-               "image_start_token_id": ids("<|begin_of_image|>"), "image_end_token_id": ids("<|end_of_image|>"),
-               "video_start_token_id": ids("<|begin_of_video|>"), "video_end_token_id": ids("<|end_of_video|>")}
+    from .families_d import glm_token_ids, glm_vision_config
+
     # two MLA layers with the DSA indexer ("full_attention", which 5.24 renames "indexed_attention"; the checkpoint
     # interleaves them with linear-attention layers, left out here), one dense and one sparse feed-forward; its DSA
     # layers use no rotary part (qk_rope_head_dim 0)
@@ -173,10 +164,8 @@ def _glm5_next(tok, ids, temporal, seed):
                        layer_types=["full_attention"] * 2, mlp_layer_types=["dense", "sparse"], linear_head_dim=16,
                        linear_num_heads=2, hc_mult=2, index_kpool=4,
                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-    vision = {"depth": 2, "hidden_size": HIDDEN, "num_heads": 2, "intermediate_size": 64, "out_hidden_size": HIDDEN,
-              "patch_size": PATCH, "spatial_merge_size": MERGE, "temporal_patch_size": temporal, "image_size": 64,
-              "projection_intermediate_size": 64}
-    config = transformers.Glm5NextConfig(text_config=text, vision_config=vision, **special)
+    vision = glm_vision_config(PATCH, MERGE, temporal, projection_intermediate_size=64)
+    config = transformers.Glm5NextConfig(text_config=text, vision_config=vision, **glm_token_ids(tok))
     return seeded_model(transformers.Glm5NextForConditionalGeneration, config, seed, jitter_constants=True)
 
 

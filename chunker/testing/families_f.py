@@ -9,16 +9,14 @@ pre-tokenized rows (`tests/test_family_more.py`), which need none.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ._tiny import HIDDEN, seeded_model, text_config
+from ._templates import chat_template_option, vendored_template
+from ._tiny import HIDDEN, seeded_model, text_config, vision_config
 
 # families with a vendored real template: the shared contract runs them (tests/test_families.py)
 FAMILIES_F = ("deepseek_vl", "deepseek_vl_hybrid", "lighton_ocr")
 # families without one here: pre-tokenized rows only (tests/test_family_more.py); granite_docling is built for the
 # inventory's record (its single-tile images have no global block, which the Idefics3 tile grammar needs)
 PRETOKENIZED_F = ("chameleon", "video_llava", "granite4_vision", "qianfan_ocr", "emu3", "granite_docling")
-TEMPLATES = Path(__file__).resolve().parents[2] / "tests" / "data" / "chat_templates"
 TEMPLATE_FILES = {
     "deepseek_vl": "deepseek-community--deepseek-vl-1.3b-chat.jinja",
     "deepseek_vl_hybrid": "deepseek-community--deepseek-vl-1.3b-chat.jinja",
@@ -32,15 +30,8 @@ def _check_family(family: str) -> None:
 
 
 def template(family: str) -> str:
-    """The vendored real chat template of `family`'s checkpoint (see tests/data/chat_templates/SOURCES.md).
-
-    Raises:
-        FileNotFoundError: the source tree's test data is not there (an installed wheel): pass `chat_template=`.
-    """
-    path = TEMPLATES / TEMPLATE_FILES[family]
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is not installed with the package: pass chat_template= to build_processor")
-    return path.read_bytes().decode("utf-8")
+    """The vendored real chat template of `family`'s checkpoint (`_templates.vendored_template`)."""
+    return vendored_template(TEMPLATE_FILES[family])
 
 
 def build_processor(family: str, **options):
@@ -64,26 +55,24 @@ def build_processor(family: str, **options):
         ('DeepseekVLProcessor', '<image_placeholder>', 16)
     """
     _check_family(family)
-    chat_template = options.pop("chat_template", None)
-    if options:
-        raise ValueError(f"unknown options {sorted(options)} for family {family!r}: valid is chat_template")
+    chat_template = chat_template_option(family, options)
     if chat_template is None and family in TEMPLATE_FILES:
         chat_template = template(family)
     return _BUILDERS[family](chat_template)
 
 
-# deepseek-community/deepseek-vl-*-chat: the LLaMA tokenizer's BOS / EOS and the named image placeholder
-DEEPSEEK_SPECIALS = ("<unk>", "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<pad>", "<image_placeholder>")
 DEEPSEEK_IMAGE, DEEPSEEK_PATCH = 32, 8  # (32/8)^2 = 16 image tokens per image (the checkpoints: 384/16 -> 576)
 DEEPSEEK_HIGH_RES = 64  # the hybrid's SAM input (the checkpoints: 1024)
 
 
-def _deepseek_tokenizer():
-    from ._tokenizer import make_tokenizer
+def deepseek_tokenizer(named=None):
+    """deepseek-community/deepseek-vl-*-chat's LLaMA tokenizer (its BOS / EOS), then the `named` image tokens (default:
+    the image placeholder); Janus-Pro's is the same with its own."""
+    from ._tokenizer import llama_tokenizer
 
-    return make_tokenizer(DEEPSEEK_SPECIALS, named={"image_token": "<image_placeholder>"},
-                          bos_token="<｜begin▁of▁sentence｜>", eos_token="<｜end▁of▁sentence｜>", pad_token="<pad>",
-                          unk_token="<unk>", add_bos_token=True)
+    named = named or {"image_token": "<image_placeholder>"}
+    return llama_tokenizer(tuple(named.values()), named=named, bos_token="<｜begin▁of▁sentence｜>",
+                           eos_token="<｜end▁of▁sentence｜>")
 
 
 def _deepseek_vl(chat_template):
@@ -91,7 +80,7 @@ def _deepseek_vl(chat_template):
     from transformers.models.deepseek_vl.image_processing_pil_deepseek_vl import DeepseekVLImageProcessorPil
 
     image_processor = DeepseekVLImageProcessorPil(size={"height": DEEPSEEK_IMAGE, "width": DEEPSEEK_IMAGE})
-    return DeepseekVLProcessor(image_processor, _deepseek_tokenizer(), chat_template=chat_template,
+    return DeepseekVLProcessor(image_processor, deepseek_tokenizer(), chat_template=chat_template,
                                num_image_tokens=(DEEPSEEK_IMAGE // DEEPSEEK_PATCH) ** 2)
 
 
@@ -104,12 +93,12 @@ def _deepseek_vl_hybrid(chat_template):
     image_processor = DeepseekVLHybridImageProcessorPil(
         size={"height": DEEPSEEK_IMAGE, "width": DEEPSEEK_IMAGE},
         high_res_size={"height": DEEPSEEK_HIGH_RES, "width": DEEPSEEK_HIGH_RES})
-    return DeepseekVLHybridProcessor(image_processor, _deepseek_tokenizer(), chat_template=chat_template,
+    return DeepseekVLHybridProcessor(image_processor, deepseek_tokenizer(), chat_template=chat_template,
                                      num_image_tokens=(DEEPSEEK_IMAGE // DEEPSEEK_PATCH) ** 2)
 
 
 # facebook/chameleon-*: the image placeholder, the image brackets and the separator its processor appends
-CHAMELEON_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", "<image>", "<racm3:break>", "<eoss>", "<reserved08706>")
+CHAMELEON_SPECIALS = ("<image>", "<racm3:break>", "<eoss>", "<reserved08706>")  # after LLaMA's (`llama_tokenizer`)
 CHAMELEON_IMAGE, CHAMELEON_TOKENS = 32, 16
 
 
@@ -117,12 +106,10 @@ def _chameleon(chat_template):
     from transformers import ChameleonProcessor
     from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
 
-    from ._tokenizer import make_tokenizer
+    from ._tokenizer import llama_tokenizer
 
-    tokenizer = make_tokenizer(CHAMELEON_SPECIALS, named={"image_token": "<image>", "boi_token": "<racm3:break>",
-                                                          "eoi_token": "<eoss>"},
-                               bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-                               sep_token="<reserved08706>", add_bos_token=True)
+    tokenizer = llama_tokenizer(CHAMELEON_SPECIALS, named={"image_token": "<image>", "boi_token": "<racm3:break>",
+                                                           "eoi_token": "<eoss>"}, sep_token="<reserved08706>")
     image_processor = ChameleonImageProcessorPil(size={"shortest_edge": CHAMELEON_IMAGE},
                                                  crop_size={"height": CHAMELEON_IMAGE, "width": CHAMELEON_IMAGE})
     processor = ChameleonProcessor(image_processor, tokenizer, image_seq_length=CHAMELEON_TOKENS)
@@ -135,13 +122,11 @@ def _video_llava(chat_template):
     from transformers.models.video_llava.processing_video_llava import VideoLlavaProcessor
 
     from ._image_only import image_only
-    from ._tokenizer import make_tokenizer
+    from ._tokenizer import llama_tokenizer
     from .families_a import LLAVA_IMAGE, LLAVA_PATCH
 
     # LanguageBind/Video-LLaVA-7B-hf on vicuna: <image> and <video> added as special tokens
-    tokenizer = make_tokenizer(("<unk>", "<s>", "</s>", "<pad>", "<image>", "<video>"),
-                               named={"image_token": "<image>", "video_token": "<video>"}, bos_token="<s>",
-                               eos_token="</s>", pad_token="<pad>", unk_token="<unk>", add_bos_token=True)
+    tokenizer = llama_tokenizer(("<image>", "<video>"), named={"image_token": "<image>", "video_token": "<video>"})
     image_processor = VideoLlavaImageProcessor(size={"shortest_edge": LLAVA_IMAGE},
                                                crop_size={"height": LLAVA_IMAGE, "width": LLAVA_IMAGE})
     return image_only(VideoLlavaProcessor)(image_processor=image_processor, video_processor=None, tokenizer=tokenizer,
@@ -151,20 +136,16 @@ def _video_llava(chat_template):
 
 def _granite4_vision(chat_template):
     from transformers import Granite4VisionProcessor
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
     from ._tokenizer import make_tokenizer
-    from .families_a import LLAVA_IMAGE, LLAVA_NEXT_PINPOINTS, LLAVA_PATCH
+    from .families_a import LLAVA_PATCH, llava_next_image_processor
 
     tokenizer = make_tokenizer(("<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<image>", "<pad>"),
                                named={"image_token": "<image>"}, eos_token="<|end_of_text|>", pad_token="<pad>")
-    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": LLAVA_IMAGE},
-                                                 crop_size={"height": LLAVA_IMAGE, "width": LLAVA_IMAGE},
-                                                 image_grid_pinpoints=LLAVA_NEXT_PINPOINTS)
     # the Window Q-Former keeps 1 query per 2x2 window of patches (the checkpoints: "1/4"-style rates)
-    return Granite4VisionProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=LLAVA_PATCH,
-                                   vision_feature_select_strategy="full", downsample_rate=GRANITE4_DOWNSAMPLE,
-                                   chat_template=chat_template)
+    return Granite4VisionProcessor(image_processor=llava_next_image_processor(), tokenizer=tokenizer,
+                                   patch_size=LLAVA_PATCH, vision_feature_select_strategy="full",
+                                   downsample_rate=GRANITE4_DOWNSAMPLE, chat_template=chat_template)
 
 
 GRANITE4_DOWNSAMPLE = "1/2"
@@ -180,11 +161,9 @@ def _lighton_ocr(chat_template):
     from transformers import LightOnOcrProcessor
     from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
-    from ._tokenizer import make_tokenizer
+    from ._tokenizer import chatml_tokenizer
 
-    tokenizer = make_tokenizer(("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
-                                *LIGHTON_NAMED.values()), named=LIGHTON_NAMED, eos_token="<|im_end|>",
-                               pad_token="<|endoftext|>")
+    tokenizer = chatml_tokenizer(("<|vision_start|>", *LIGHTON_NAMED.values()), named=LIGHTON_NAMED)
     image_processor = PixtralImageProcessorPil(size={"longest_edge": LIGHTON_EDGE},
                                                patch_size={"height": LIGHTON_PATCH, "width": LIGHTON_PATCH})
     return LightOnOcrProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=LIGHTON_PATCH,
@@ -195,12 +174,11 @@ def _qianfan_ocr(chat_template):
     from transformers import QianfanOCRProcessor
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
-    from ._tokenizer import make_tokenizer
+    from ._tokenizer import chatml_tokenizer
     from .families_b import INTERNVL_NAMED, INTERNVL_PATCH, INTERNVL_TILE
 
-    tokenizer = make_tokenizer(("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>",
-                                "<image>"), named={k: v for k, v in INTERNVL_NAMED.items() if "video" not in k},
-                               eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer = chatml_tokenizer(("<img>", "</img>", "<IMG_CONTEXT>", "<image>"),
+                                 named={k: v for k, v in INTERNVL_NAMED.items() if "video" not in k})
     image_processor = GotOcr2ImageProcessorPil(size={"height": INTERNVL_TILE, "width": INTERNVL_TILE},
                                                crop_to_patches=True, min_patches=1, max_patches=4)
     return QianfanOCRProcessor(image_processor=image_processor, tokenizer=tokenizer,
@@ -272,8 +250,7 @@ def build_model(family: str, processor, seed: int = 0):
     if family not in MODEL_FAMILIES:
         raise ValueError(f"no tiny model of {family!r} is built here: {NO_MODEL.get(family, 'not tried')}")
     tok = processor.tokenizer
-    siglip = {"model_type": "siglip_vision_model", "hidden_size": HIDDEN, "intermediate_size": 64,
-              "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": DEEPSEEK_IMAGE, "patch_size": DEEPSEEK_PATCH}
+    siglip = vision_config(DEEPSEEK_IMAGE, DEEPSEEK_PATCH, model_type="siglip_vision_model")
     if family == "deepseek_vl":
         config = transformers.DeepseekVLConfig(text_config=text_config(tok, model_type="llama"), vision_config=siglip,
                                                image_token_id=processor.image_token_id)
@@ -288,29 +265,29 @@ def build_model(family: str, processor, seed: int = 0):
                                                      image_token_id=processor.image_token_id)
         return seeded_model(transformers.DeepseekVLHybridForConditionalGeneration, config, seed, jitter_constants=True)
     if family == "video_llava":
-        from .families_a import LLAVA_IMAGE, LLAVA_PATCH, _vision
+        from .families_a import LLAVA_IMAGE, LLAVA_PATCH
 
         config = transformers.VideoLlavaConfig(
             text_config=text_config(tok, model_type="llama"),
-            vision_config=_vision("clip_vision_model", LLAVA_IMAGE, LLAVA_PATCH, projection_dim=HIDDEN),
+            vision_config=vision_config(LLAVA_IMAGE, LLAVA_PATCH, model_type="clip_vision_model",
+                                        projection_dim=HIDDEN),
             image_token_index=processor.image_token_id, video_token_index=processor.video_token_id,
             vision_feature_select_strategy="default", vision_feature_layer=-2,
             image_seq_length=(LLAVA_IMAGE // LLAVA_PATCH) ** 2)
         return seeded_model(transformers.VideoLlavaForConditionalGeneration, config, seed, jitter_constants=True)
     if family == "lighton_ocr":
-        vision = {"model_type": "pixtral", "hidden_size": HIDDEN, "intermediate_size": 64, "num_hidden_layers": 2,
-                  "num_attention_heads": 2, "head_dim": 16, "image_size": LIGHTON_EDGE, "patch_size": LIGHTON_PATCH}
+        vision = vision_config(LIGHTON_EDGE, LIGHTON_PATCH, model_type="pixtral", head_dim=16)
         config = transformers.LightOnOcrConfig(text_config=text_config(tok, model_type="qwen3"), vision_config=vision,
                                                spatial_merge_size=LIGHTON_MERGE, image_token_id=processor.image_token_id)
         return seeded_model(transformers.LightOnOcrForConditionalGeneration, config, seed, jitter_constants=True)
     if family == "granite4_vision":
-        from .families_a import LLAVA_IMAGE, LLAVA_NEXT_PINPOINTS, LLAVA_PATCH, _vision
+        from .families_a import LLAVA_IMAGE, LLAVA_NEXT_PINPOINTS, LLAVA_PATCH
 
         # a SigLIP tower (no CLS token, as the Window Q-Former needs) 64 wide, the Q-Former as wide with one head;
         # one deepstack layer and the four spatial offset groups inject into the two decoder layers
         config = transformers.Granite4VisionConfig(
             text_config=text_config(tok, model_type="granite4_vision_text"),
-            vision_config=_vision("siglip_vision_model", LLAVA_IMAGE, LLAVA_PATCH, hidden_size=64),
+            vision_config=vision_config(LLAVA_IMAGE, LLAVA_PATCH, model_type="siglip_vision_model", hidden_size=64),
             image_token_index=processor.image_token_id, vision_feature_select_strategy="full", vision_feature_layer=-1,
             image_grid_pinpoints=LLAVA_NEXT_PINPOINTS, downsample_rate=GRANITE4_DOWNSAMPLE,
             deepstack_layer_map=[[-1, 0]], spatial_vision_layer=-1, spatial_target_layers=[0, 1, 0, 1],
@@ -344,8 +321,7 @@ def build_model(family: str, processor, seed: int = 0):
         return seeded_model(transformers.Emu3ForConditionalGeneration, config, seed)
     from .families_b import INTERNVL_PATCH, INTERNVL_TILE
 
-    vision = {"hidden_size": HIDDEN, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "image_size": [INTERNVL_TILE, INTERNVL_TILE], "patch_size": [INTERNVL_PATCH, INTERNVL_PATCH]}
+    vision = vision_config([INTERNVL_TILE, INTERNVL_TILE], [INTERNVL_PATCH, INTERNVL_PATCH])
     config = transformers.QianfanOCRConfig(text_config=text_config(tok, model_type="qwen3"), vision_config=vision,
                                            image_token_id=processor.image_token_id,
                                            image_seq_length=processor.image_seq_length)

@@ -9,15 +9,13 @@ none: it is proven on rows the processor itself tokenized (`tests/test_family_ti
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ._tiny import HIDDEN, seeded_model, text_config
+from ._templates import vendored_template
+from ._tiny import HIDDEN, seeded_model, text_config, vision_config
 
 FAMILIES_G = ("ovis2", "aria")
 # written families proven on pre-tokenized rows only (no conversation path: no real template, or a processor that
 # rewrites the text), in tests/test_family_tiles.py
 PRETOKENIZED_G = ("aya_vision", "idefics2")
-TEMPLATES = Path(__file__).resolve().parents[2] / "tests" / "data" / "chat_templates"
 TEMPLATE_FILES = {"ovis2": "thisisiron--Ovis2-2B-hf.jinja", "idefics2": "HuggingFaceM4--idefics2-8b-chatty.jinja",
                   "aria": "rhymes-ai--Aria.jinja"}
 
@@ -30,9 +28,8 @@ AYA_SPECIALS = ("<PAD>", "<UNK>", "<CLS>", "<SEP>", "<MASK_TOKEN>", "<BOS_TOKEN>
 AYA_TILE, AYA_PATCH, AYA_DOWNSAMPLE, AYA_MAX_TILES = 16, 4, 2, 4
 
 # thisisiron/Ovis2-2B-hf: the conversion's special tokens (`convert_ovis2_weights_to_hf.py`, SPECIAL_TOKENS), after
-# Qwen2's; the model's visual indicators are the five after `<IMG_ATOM>`
-OVIS2_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<IMG_ATOM>", "<IMG_START>", "<IMG_GRID>",
-                  "<IMG_COL>", "<IMG_ROW>", "<IMG_END>")
+# Qwen2's ChatML ones (`_tokenizer.chatml_tokenizer`); the model's visual indicators are the five after `<IMG_ATOM>`
+OVIS2_SPECIALS = ("<IMG_ATOM>", "<IMG_START>", "<IMG_GRID>", "<IMG_COL>", "<IMG_ROW>", "<IMG_END>")
 # Geometry: 16-pixel views of 4-pixel patches merged 2x2 (hidden_stride 2): 4 atoms per view, up to 4 cells
 OVIS2_VIEW, OVIS2_PATCH, OVIS2_STRIDE, OVIS2_MAX_CELLS = 16, 4, 2, 4
 
@@ -53,15 +50,8 @@ def _check_family(family: str) -> None:
 
 
 def template(family: str) -> str:
-    """The vendored real chat template of `family`'s checkpoint (see tests/data/chat_templates/SOURCES.md).
-
-    Raises:
-        FileNotFoundError: the source tree's test data is not there (an installed wheel): pass `chat_template=`.
-    """
-    path = TEMPLATES / TEMPLATE_FILES[family]
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is not installed with the package: pass chat_template= to build_processor")
-    return path.read_bytes().decode("utf-8")
+    """The vendored real chat template of `family`'s checkpoint (`_templates.vendored_template`)."""
+    return vendored_template(TEMPLATE_FILES[family])
 
 
 def build_processor(family: str, **options):
@@ -118,10 +108,9 @@ def _ovis2(chat_template, return_tensors="np"):
     from transformers import Ovis2Processor
     from transformers.models.ovis2.image_processing_pil_ovis2 import Ovis2ImageProcessorPil
 
-    from ._tokenizer import make_tokenizer
+    from ._tokenizer import chatml_tokenizer
 
-    tokenizer = make_tokenizer(OVIS2_SPECIALS, named={"image_token": "<IMG_ATOM>"}, eos_token="<|im_end|>",
-                               pad_token="<|endoftext|>")
+    tokenizer = chatml_tokenizer(OVIS2_SPECIALS, named={"image_token": "<IMG_ATOM>"})
     # `Ovis2Processor.replace_image_token` reads `grids[i].tolist()`: a processor call without return_tensors (lists)
     # crashes, so the image processor returns arrays by default (`return_tensors=None` builds the checkpoint's own,
     # tests/test_family_tiles.py)
@@ -180,8 +169,7 @@ def build_model(family: str, processor, seed: int = 0):
     _check_family(family)
     tok = processor.tokenizer
     if family == "aya_vision":
-        vision = {"model_type": "siglip_vision_model", "hidden_size": HIDDEN, "intermediate_size": 64,
-                  "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": AYA_TILE, "patch_size": AYA_PATCH}
+        vision = vision_config(AYA_TILE, AYA_PATCH, model_type="siglip_vision_model")
         config = transformers.AyaVisionConfig(
             vision_config=vision, text_config=text_config(tok, model_type="cohere2", layer_types=["sliding_attention",
                                                                                                    "full_attention"],
@@ -189,25 +177,22 @@ def build_model(family: str, processor, seed: int = 0):
             downsample_factor=AYA_DOWNSAMPLE, image_token_index=processor.image_token_id)
         return seeded_model(transformers.AyaVisionForConditionalGeneration, config, seed, jitter_constants=True)
     if family == "aria":
-        vision = {"hidden_size": HIDDEN, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                  "image_size": ARIA_SIDE, "patch_size": ARIA_PATCH}
+        vision = vision_config(ARIA_SIDE, ARIA_PATCH)
         text = text_config(tok, model_type="aria_text", moe_num_experts=2, moe_topk=1, moe_num_shared_experts=1,
                            moe_intermediate_size=32)
         config = transformers.AriaConfig(vision_config=vision, text_config=text, image_token_index=tok.image_token_id,
                                          projector_patch_to_query_dict={(ARIA_SIDE // ARIA_PATCH) ** 2: ARIA_QUERIES})
         return seeded_model(transformers.AriaForConditionalGeneration, config, seed, jitter_constants=True)
     if family == "idefics2":
-        vision = {"hidden_size": HIDDEN, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                  "image_size": IDEFICS2_IMAGE, "patch_size": IDEFICS2_PATCH}
+        vision = vision_config(IDEFICS2_IMAGE, IDEFICS2_PATCH)
         perceiver = {"hidden_size": HIDDEN, "resampler_n_latents": IDEFICS2_LATENTS, "resampler_depth": 1,
                      "resampler_n_heads": 2, "resampler_head_dim": 8, "num_key_value_heads": 1}
         config = transformers.Idefics2Config(vision_config=vision, perceiver_config=perceiver,
                                              text_config=text_config(tok, model_type="mistral"),
                                              image_token_id=processor.image_token_id)
         return seeded_model(transformers.Idefics2ForConditionalGeneration, config, seed, jitter_constants=True)
-    ids = tok.convert_tokens_to_ids(list(OVIS2_SPECIALS[3:]))
-    vision = {"hidden_size": HIDDEN, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "image_size": OVIS2_VIEW, "patch_size": OVIS2_PATCH, "hidden_stride": OVIS2_STRIDE, "vocab_size": 64}
+    ids = tok.convert_tokens_to_ids(list(OVIS2_SPECIALS))
+    vision = vision_config(OVIS2_VIEW, OVIS2_PATCH, hidden_stride=OVIS2_STRIDE, vocab_size=64)
     config = transformers.Ovis2Config(vision_config=vision, text_config=text_config(tok, model_type="qwen2"),
                                       image_token_id=ids[0], visual_indicator_token_ids=ids[1:],
                                       vocab_size=len(tok), hidden_size=HIDDEN)

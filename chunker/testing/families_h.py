@@ -23,9 +23,8 @@ with 4 experts, 2 per token; Qwen3.5 with one linear-attention and one full-atte
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ._tiny import HIDDEN, seeded_model, text_config
+from ._templates import vendored_template
+from ._tiny import HIDDEN, seeded_model, text_config, vision_config
 
 FAMILIES_H = ("qwen3_5", "qwen3_5_moe", "qwen3_vl_moe", "vipllava", "glm4v_moe")
 # the processor family each type shares its processor class with (chunker.testing builder)
@@ -47,8 +46,6 @@ _MODEL_CLASSES = {
     "vipllava": "VipLlavaForConditionalGeneration",
     "glm4v_moe": "Glm4vMoeForConditionalGeneration",
 }
-_TEMPLATES = Path(__file__).resolve().parents[2] / "tests" / "data" / "chat_templates"
-
 
 def _check_family(family: str) -> None:
     if family not in FAMILIES_H:
@@ -68,7 +65,7 @@ def available(family: str) -> str | None:
 def template(family: str) -> str:
     """The vendored chat template `family`'s processor carries (see the module docstring; two are stand-ins)."""
     _check_family(family)
-    return (_TEMPLATES / TEMPLATE_FILES[family]).read_text()
+    return vendored_template(TEMPLATE_FILES[family])
 
 
 def build_processor(family: str, **options):
@@ -108,15 +105,10 @@ def build_model(family: str, processor, seed: int = 0):
     return seeded_model(cls, _config(family, processor), seed, jitter_constants=True)
 
 
-def _qwen_ids(processor) -> dict:
-    tok = processor.tokenizer
-    return {"image_token_id": processor.image_token_id, "video_token_id": processor.video_token_id,
-            "vision_start_token_id": tok.convert_tokens_to_ids("<|vision_start|>"),
-            "vision_end_token_id": tok.convert_tokens_to_ids("<|vision_end|>")}
-
-
 def _config(family, processor):
     import transformers
+
+    from .families_b import qwen_token_ids
 
     tok = processor.tokenizer
     if family in ("qwen3_5", "qwen3_5_moe", "qwen3_vl_moe"):
@@ -130,7 +122,7 @@ def _config(family, processor):
                     "mrope_interleaved": True}
             text = text_config(tok, rope_parameters=rope, decoder_sparse_step=1, **moe)
             vision["deepstack_visual_indexes"] = [0]
-            return transformers.Qwen3VLMoeConfig(text_config=text, vision_config=vision, **_qwen_ids(processor))
+            return transformers.Qwen3VLMoeConfig(text_config=text, vision_config=vision, **qwen_token_ids(processor))
         # Qwen3.5: a quarter of head_dim rotates in the checkpoints (64 of 256); here half of 16: mrope halves of 8
         rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1],
                 "mrope_interleaved": True}
@@ -139,30 +131,20 @@ def _config(family, processor):
                            linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
                            linear_num_value_heads=4)
         if family == "qwen3_5":
-            return transformers.Qwen3_5Config(text_config=text, vision_config=vision, **_qwen_ids(processor))
+            return transformers.Qwen3_5Config(text_config=text, vision_config=vision, **qwen_token_ids(processor))
         text.update(moe, shared_expert_intermediate_size=16)
         text.pop("intermediate_size")
-        return transformers.Qwen3_5MoeConfig(text_config=text, vision_config=vision, **_qwen_ids(processor))
+        return transformers.Qwen3_5MoeConfig(text_config=text, vision_config=vision, **qwen_token_ids(processor))
     if family == "vipllava":
         from .families_a import LLAVA_IMAGE, LLAVA_PATCH
 
-        vision = {"model_type": "clip_vision_model", "hidden_size": HIDDEN, "intermediate_size": 64,
-                  "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": LLAVA_IMAGE,
-                  "patch_size": LLAVA_PATCH, "projection_dim": HIDDEN}
+        vision = vision_config(LLAVA_IMAGE, LLAVA_PATCH, model_type="clip_vision_model", projection_dim=HIDDEN)
         # the checkpoints concatenate 5 vision layers' features; the 2-layer tower here gives 2
         return transformers.VipLlavaConfig(text_config=text_config(tok, model_type="llama"), vision_config=vision,
                                            image_token_index=processor.image_token_id, vision_feature_layers=[-2, -1],
                                            image_seq_length=(LLAVA_IMAGE // LLAVA_PATCH) ** 2)
-    from .families_d import GLM4V_MERGE, GLM4V_PATCH
+    from .families_d import glm_text_config, glm_token_ids, glm_vision_config
 
-    ids = {name: tok.convert_tokens_to_ids(t) for name, t in (
-        ("image_token_id", "<|image|>"), ("video_token_id", "<|video|>"),
-        ("image_start_token_id", "<|begin_of_image|>"), ("image_end_token_id", "<|end_of_image|>"),
-        ("video_start_token_id", "<|begin_of_video|>"), ("video_end_token_id", "<|end_of_video|>"))}
-    rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]}
-    text = text_config(tok, model_type="glm4v_moe_text", head_dim=16, num_attention_heads=2, rope_parameters=rope,
-                       moe_intermediate_size=16, num_experts_per_tok=2, n_routed_experts=4, n_shared_experts=1,
-                       first_k_dense_replace=1)
-    vision = {"depth": 2, "hidden_size": HIDDEN, "num_heads": 2, "intermediate_size": 64, "out_hidden_size": HIDDEN,
-              "patch_size": GLM4V_PATCH, "spatial_merge_size": GLM4V_MERGE, "temporal_patch_size": 2, "image_size": 64}
-    return transformers.Glm4vMoeConfig(text_config=text, vision_config=vision, **ids)
+    text = glm_text_config(tok, model_type="glm4v_moe_text", moe_intermediate_size=16, num_experts_per_tok=2,
+                           n_routed_experts=4, n_shared_experts=1, first_k_dense_replace=1)
+    return transformers.Glm4vMoeConfig(text_config=text, vision_config=glm_vision_config(), **glm_token_ids(tok))

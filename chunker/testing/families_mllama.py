@@ -9,12 +9,10 @@ tokenizer holding the checkpoint's special tokens, and the checkpoint's REAL cha
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from ._templates import chat_template_option, vendored_template
 from ._tiny import HIDDEN, seeded_model, text_config
 
 FAMILIES_MLLAMA = ("mllama",)
-TEMPLATES = Path(__file__).resolve().parents[2] / "tests" / "data" / "chat_templates"
 TEMPLATE_FILE = "meta-llama--Llama-3.2-11B-Vision-Instruct.jinja"
 
 # meta-llama/Llama-3.2-11B-Vision-Instruct: the special tokens its template and processor use (its added tokens); the
@@ -38,10 +36,7 @@ def template(family: str = "mllama") -> str:
         FileNotFoundError: the source tree's test data is not there (an installed wheel): pass `chat_template=`.
     """
     _check_family(family)
-    path = TEMPLATES / TEMPLATE_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is not installed with the package: pass chat_template= to build_processor")
-    return path.read_bytes().decode("utf-8")
+    return vendored_template(TEMPLATE_FILE)
 
 
 def build_processor(family: str = "mllama", **options):
@@ -63,9 +58,7 @@ def build_processor(family: str = "mllama", **options):
         ('MllamaProcessor', 'MllamaImageProcessorPil', '<|image|>')
     """
     _check_family(family)
-    chat_template = options.pop("chat_template", None)
-    if options:
-        raise ValueError(f"unknown options {sorted(options)} for family {family!r}: valid is chat_template")
+    chat_template = chat_template_option(family, options)
     from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
     from transformers.models.mllama.processing_mllama import MllamaProcessor
 
