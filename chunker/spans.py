@@ -144,10 +144,10 @@ def media_mask(n: int, spans: Spans) -> np.ndarray:
     return mask
 
 
-def batch_spans(spec, flat, offsets):
-    """The spans of every row of a batch from ONE `find_image_spans` call over its flat ids: `row -> Spans`, or
-    None when the batch is irregular (a span would join two rows, or the grammar finds an error) and each row
-    must be found on its own, where it raises its own error.
+def batch_spans(spec, flat, offsets, *, spans=None):
+    """The spans of every row of a batch from ONE `find_image_spans` call over its flat ids (or `spans`, that call's
+    result when the caller made it already): `row -> Spans`, or None when the batch is irregular (a span would join
+    two rows, or the grammar finds an error) and each row must be found on its own, where it raises its own error.
 
     Example:
         >>> from chunker import ImageSpanSpec
@@ -160,10 +160,11 @@ def batch_spans(spec, flat, offsets):
     n_rows = len(offsets) - 1
     if n_rows < 2:
         return None
-    try:
-        spans = find_image_spans(flat, spec)
-    except ChunkerError:
-        return None
+    if spans is None:
+        try:
+            spans = find_image_spans(flat, spec)
+        except ChunkerError:
+            return None
     starts = np.asarray(offsets[:-1], dtype=np.int64)
     row = np.searchsorted(starts, spans.starts, side="right") - 1
     if len(spans) and (spans.ends > np.asarray(offsets, dtype=np.int64)[row + 1]).any():

@@ -623,13 +623,16 @@ class WindowSplitter:
         mask, labels = self.supervision(p, spans, row)
         return self.plan(p, spans, slices, mask, labels, cut_points(p.ids, mask, self.spec), row)
 
-    def analyse_batch(self, batch: TokenBatch, rows) -> list:
+    def analyse_batch(self, batch: TokenBatch, rows, *, spans: Spans | None = None) -> list:
         """`analyse` for every row of a pre-tokenized batch, with the token-wide work done once for the batch.
 
         The spans of all rows come from one `find_image_spans` call over the flat ids, and the loss mask, the
         labels and the cut points from one call each of the functions `analyse` uses, over the flat arrays;
         only the media checks and the plan run per row. A row the batch pass cannot vouch for (empty, training
         nothing, or any error in the batch's pass) goes through `analyse` alone, which raises its own error.
+
+        Args:
+            spans: the batch's flat spans when the caller found them already (`analyse_columns`), else None.
 
         Returns:
             per row, its `RowPlan`, or the `ChunkerError` it is skipped for under the policies.
@@ -638,7 +641,7 @@ class WindowSplitter:
             ChunkerError: a row's error that the policies do not skip.
         """
         n = len(batch.offsets) - 1
-        found = batch_spans(self.spec, batch.ids, batch.offsets) if batch.checked else None
+        found = batch_spans(self.spec, batch.ids, batch.offsets, spans=spans) if batch.checked else None
         parsed, media, failed = [None] * n, [None] * n, [None] * n
         for i in range(n):
             row = int(rows[i])
@@ -689,24 +692,32 @@ class WindowSplitter:
         """
         n = len(batch.offsets) - 1
         rows = np.asarray(rows)
-        vouched = self._vouched(batch)
+        spans = None
+        if batch.checked:
+            try:
+                spans = find_image_spans(batch.ids, self.spec)  # found once, for the batch pass and the row pass
+            except ChunkerError:
+                pass  # each row finds its own error
+        vouched = self._vouched(batch, spans)
         if vouched is None:
             ok, windows = np.zeros(n, dtype=bool), None
         else:
             ok, windows = vouched
         rest = np.flatnonzero(~ok)
-        planned = dict(zip(rest.tolist(), self.analyse_batch(batch.subset(rest), rows[rest]))) if len(rest) else {}
+        whole = len(rest) == n  # the spans found stand for the rows left only when they are all of them
+        planned = dict(zip(rest.tolist(), self.analyse_batch(batch.subset(rest), rows[rest],
+                                                             spans=spans if whole else None))) if len(rest) else {}
         return windows._replace(planned=planned) if windows is not None else BatchWindows.empty(batch, planned)
 
-    def _vouched(self, batch: TokenBatch):
-        """(rows the batch pass vouches for, their `BatchWindows`), or None when it vouches for none."""
+    def _vouched(self, batch: TokenBatch, spans: Spans | None):
+        """(rows the batch pass vouches for, their `BatchWindows`), or None when it vouches for none. `spans`: the
+        batch's flat spans, None when they could not be found over the whole batch."""
         spec, adapter = self.spec, self.adapter
-        if not batch.checked or spec.prefix_media or self.prefix == "system" or spec.audio_token_id is not None:
+        if spans is None or spec.prefix_media or self.prefix == "system" or spec.audio_token_id is not None:
             return None
         offsets = batch.offsets
         n = len(offsets) - 1
         try:
-            spans = find_image_spans(batch.ids, spec)
             if adapter is not None and adapter.items(spans, {}, None) is not spans:
                 return None  # the family groups or cuts spans into items: row by row
         except ChunkerError:

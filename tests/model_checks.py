@@ -81,3 +81,20 @@ def assert_cut_raises(model, cut: dict, whole: dict | None = None, match: str = 
             return
         with pytest.raises(ValueError, match=match):
             model(**cut)
+
+
+def assert_loss_falls(model, batch: dict, steps: int = 4, lr: float = 5e-3) -> None:
+    """Train `model` on one collated `batch` for `steps` AdamW steps: every loss is finite and the last is below the
+    first (the batch reaches the loss and the gradients reach the parameters)."""
+    import math
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(**batch).loss
+        assert math.isfinite(loss.item())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses

@@ -8,11 +8,10 @@ Runs on the Unsloth set (transformers 5.17, unsloth_zoo 2026.10.9) and wherever 
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
-import torch
 from integrations.test_unsloth import MISMATCH, supervised, unsloth, unsloth_rows  # noqa: F401  (unsloth: a fixture)
+from model_checks import assert_loss_falls
 from test_family_models import needs_collator
 
 from chunker.testing import build_model, build_processor
@@ -73,13 +72,4 @@ def test_windows_train_with_finite_falling_loss(unsloth, built, name):  # noqa: 
     collator = ours_cls(model, processor, max_seq_length=MAX_LEN, overlap=16, **MARKERS[name],
                         train_on_responses_only=True)
     batch = collator(unsloth_rows(2, seed=1))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    losses = []
-    for _ in range(4):
-        loss = model(**batch).loss
-        assert math.isfinite(loss.item())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
+    assert_loss_falls(model, batch)
