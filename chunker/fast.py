@@ -17,6 +17,7 @@ Anything else (conversational rows, pixel tensors, Python lists) returns None an
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import numpy as np
 
@@ -260,6 +261,25 @@ def _assemble(splitter, table, cols, plans, indices):
         item_at = np.r_[0, np.cumsum(plan.item_counts)].tolist()
         items = plan.items + item_base["images"][a] if "images" in picks else None
         wide = wide or (ids.dtype.itemsize > 4 and len(plan.row) and int(ids.max()) >= 2**31)
+        if not plan.planned:  # every row of the chunk took the batch pass: its windows in one sweep
+            row = plan.row
+            starts = np.asarray(plan.offsets)[row]
+            for (c, s, e), h, off in zip(geometry, head, starts.tolist()):
+                ids_parts += [ids[off:off + h], ids[c:e]]
+                label_parts += [ignore[:h + s - c], labels[s:e]]
+            g = plan.geometry
+            lengths += (plan.head + g[:, 2] - g[:, 0]).tolist()
+            if "images" in picks:
+                picks["images"] += [items[x:y] for x, y in pairwise(item_at)]
+            for name, out in picks.items():
+                if name != "images":
+                    out += [none] * len(row)
+            first_np = np.asarray(first)
+            src += np.asarray(indices[a:a + n])[row].tolist() if len(row) else []
+            k += (np.arange(len(row)) - first_np[row]).tolist()
+            nwin += np.diff(first_np)[row].tolist()
+            reasons += [None] * len(row)
+            continue
         for i in range(n):
             p = plan.planned.get(i)
             if p is None:  # windows of the batch pass

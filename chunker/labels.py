@@ -18,13 +18,33 @@ def find_marker(ids: np.ndarray, marker) -> np.ndarray:
         >>> find_marker(np.array([1, 2, 3, 1, 2]), (1, 2)).tolist()
         [0, 3]
     """
-    m = len(marker)
-    if m == 0 or len(ids) < m:
-        return np.zeros(0, dtype=np.int64)
-    found = np.flatnonzero(ids[: len(ids) - m + 1] == marker[0])
-    for j, tok in enumerate(marker[1:], 1):
-        found = found[ids[found + j] == tok]
-    return found
+    return find_markers(ids, [marker])[0]
+
+
+def find_markers(ids: np.ndarray, markers) -> list[np.ndarray]:
+    """`find_marker` of each of `markers`, with one pass over `ids` per distinct first token (turn markers
+    usually share theirs: `<start_of_turn>user` and `<start_of_turn>model`).
+
+    Example:
+        >>> [a.tolist() for a in find_markers(np.array([9, 1, 9, 2, 9]), [(9, 1), (9, 2), ()])]
+        [[0], [2], []]
+    """
+    first: dict[int, np.ndarray] = {}
+    out = []
+    for marker in markers:
+        m = len(marker)
+        if m == 0 or len(ids) < m:
+            out.append(np.zeros(0, dtype=np.int64))
+            continue
+        head = int(marker[0])
+        if head not in first:
+            first[head] = np.flatnonzero(ids == head)
+        found = first[head]
+        found = found[found <= len(ids) - m]
+        for j, tok in enumerate(marker[1:], 1):
+            found = found[ids[found + j] == tok]
+        out.append(found)
+    return out
 
 
 def loss_mask(ids, spans: Spans, *, train_on="assistant", instruction_ids=(), response_ids=(), row=None):
@@ -61,7 +81,8 @@ def loss_mask(ids, spans: Spans, *, train_on="assistant", instruction_ids=(), re
                 "train_on='assistant' needs the assistant turn marker: pass response_part='<the text that opens an "
                 "assistant turn>' (and instruction_part for user turns), or train_on='all'"
             )
-        mask = _between(n, find_marker(ids, response_ids) + len(response_ids), find_marker(ids, instruction_ids))
+        answers, turns = find_markers(ids, [response_ids, instruction_ids])
+        mask = _between(n, answers + len(response_ids), turns)
     return mask & ~media_mask(n, spans)
 
 
@@ -112,7 +133,8 @@ def supervision_from_labels(ids, labels, spans: Spans, *, row=None) -> tuple[np.
             row=row,
         )
     mask = labels != IGNORE
-    wrong = mask & (labels != ids)
+    wrong = labels != ids
+    wrong &= mask  # in place: one temporary less over the tokens
     if wrong.any():
         at = int(np.argmax(wrong))
         raise RowFormatError(
@@ -151,7 +173,7 @@ def mask_edges(mask) -> np.ndarray:
 def turn_boundaries(ids, instruction_ids=(), response_ids=()) -> np.ndarray:
     """Sorted positions where a user or assistant turn starts: preferred cut points."""
     ids = np.asarray(ids, dtype=np.int64)
-    found = [find_marker(ids, m) for m in (instruction_ids, response_ids) if m]
+    found = find_markers(ids, [m for m in (instruction_ids, response_ids) if m])
     return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
 
 

@@ -37,6 +37,7 @@ from .formats import check_format, is_conversational, normalize_row
 from .labels import (
     IGNORE,
     find_marker,
+    find_markers,
     labels_from_mask,
     loss_mask,
     mask_edges,
@@ -1180,8 +1181,7 @@ def cut_points(ids, mask, spec, *, offsets=None) -> np.ndarray:
     if not markers:
         return cuts
     parts = [cuts]
-    for marker in markers:
-        at = find_marker(ids, marker)
+    for marker, at in zip(markers, find_markers(ids, markers)):
         if offsets is not None:
             at = at[at + len(marker) <= offsets[np.searchsorted(offsets, at, side="right")]]
         parts.append(at)
