@@ -56,6 +56,25 @@ MASK_COLUMNS = ("assistant_masks", "assistant_mask")
 INDEX_COLUMNS = ("source_index", "id")
 
 
+def _one_torch_thread_in_forked_workers() -> None:
+    """Run in every child forked after chunker was imported: one torch thread when torch is loaded.
+
+    A process forked from one that ran torch's CPU kernels (a torchvision image processor in the grammar probe, for
+    one) inherits torch's OpenMP pool without its threads, and its first parallel kernel waits for them forever:
+    `Dataset.map(splitter, num_proc=2)` over conversations hung with torch 2.14.1 + torchvision (libgomp). Forked
+    workers use one torch thread, as torch's own DataLoader workers do.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_one_torch_thread_in_forked_workers)
+
+
 @dataclass
 class SplitStats:
     """What a map with a splitter did, counted from its output: rows in, windows out, rows skipped by reason.

@@ -107,3 +107,27 @@ def test_the_same_rows_without_skip_raise_naming_the_row(processor):
     with pytest.raises(chunker.ImageCountError, match="row 1"):
         splitter.split_example(rows[1], index=1)
     assert splitter.split_example(rows[0], index=0)
+
+
+def test_a_forked_worker_runs_torch_on_one_thread():
+    """`Dataset.map(num_proc=2)` forks workers; with torch's OpenMP pool used in the parent (the grammar probe of a
+    torchvision image processor), a worker's first parallel kernel waited forever for the pool's missing threads.
+    Workers forked after chunker is imported run torch on one thread (as torch's DataLoader workers do); the parent
+    keeps its own setting. The num_proc=2 maps above are the end-to-end check (they hung on torch 2.14.1 +
+    torchvision without it)."""
+    import os
+
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    torch.ones(1 << 16).add_(1)  # a parallel kernel in the parent
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its thread count and leave without running pytest's teardown
+        os.write(write, str(torch.get_num_threads()).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = int(os.read(read, 16))
+    assert child == 1 and torch.get_num_threads() == 2
+    torch.set_num_threads(before)
