@@ -43,7 +43,7 @@ from .errors import (
 from .labels import IGNORE
 from .media import PER_ITEM_KEYS, TENSOR_STREAMS, load_image
 from .ops import ItemCheck, check_item_counts, item_token_counts, segment_starts, segment_sum
-from .spans import IMAGE, VIDEO
+from .spans import AUDIO, IMAGE, VIDEO
 
 POLICIES = ("raise", "drop")
 # Keys a model's forward takes beside the text; anything else the image processor returns is bookkeeping.
@@ -262,9 +262,9 @@ def make_media(processor, rows: list[WindowRow], spec=None, *, images_kwargs: di
     out, decoded = [], {}  # decoded: row index -> its images, processed together below
     for k, row in enumerate(rows):
         try:
-            if row.tensors:
+            if row.tensors and not (row.images and all(TENSOR_STREAMS.get(key) == AUDIO for key in row.tensors)):
                 out.append(_row_media(row.tensors, spec, adapter))
-            elif row.images:
+            elif row.images:  # pixels from the images (a row's audio tensors are kept beside them)
                 decoded[k] = [load_image(im, row=row.name) for im in row.images]
                 out.append(None)
             elif check and row.images is None and bool(torch.isin(row.ids, torch.tensor(spec.media_ids)).any()):
@@ -293,7 +293,8 @@ def make_media(processor, rows: list[WindowRow], spec=None, *, images_kwargs: di
             ) from exc
         pieces = _split_rows(adapter.image_outputs(made, [len(n) for n in nested]), [len(n) for n in nested], spec)
         for j, (k, piece) in enumerate(zip(decoded, pieces)):
-            out[k] = _row_media(piece, spec, adapter, tiles=None if tiles is None else tiles[j])
+            audio_own = {key: v for key, v in rows[k].tensors.items() if TENSOR_STREAMS.get(key) == AUDIO}
+            out[k] = _row_media({**piece, **audio_own}, spec, adapter, tiles=None if tiles is None else tiles[j])
     if spec.audio_token_id is not None:
         _audio_media(processor, rows, spec, out, errors, check)
     return BatchMedia(out, spec)
@@ -381,7 +382,8 @@ def _mismatch_error(result: ItemCheck, rows, spec) -> ImageTokenMismatchError:
     streams = ("image", "video") if spec.video_token_id is not None else ("image",)
     why = [f"row {names[r]}: {result.describe(r)}" for r in result.bad_rows]
     hint = ""
-    if len(result.bad_rows) == len(names) and not int(result.tokens["image"][0].sum()):
+    audio_seen = int(np.asarray(result.tokens["audio"][0]).sum()) if "audio" in result.tokens else 0
+    if len(result.bad_rows) == len(names) and not int(result.tokens["image"][0].sum()) and not audio_seen:
         hint = (f" No row holds a single {spec.family} image token: the rows were probably made with "
                 "another model's processor; collate them with that processor.")
     details = []
@@ -866,8 +868,8 @@ def _row_media(tensors: dict, spec, adapter, tiles=None) -> RowMedia:
         t["pixel_values"] = pv[real]
         if "pixel_attention_mask" in t:
             t["pixel_attention_mask"] = t["pixel_attention_mask"][real]
-    if "image_grid_thw" in t or any(k.startswith("pixel_values") and TENSOR_STREAMS.get(k) == IMAGE for k in t):
-        image, merged = adapter.item_tokens(t, tiles)  # any image pixels (Video-LLaVA's `pixel_values_images`)
+    if "image_grid_thw" in t or any("pixel_values" in k and TENSOR_STREAMS.get(k) == IMAGE for k in t):
+        image, merged = adapter.item_tokens(t, tiles)  # any image pixels (`pixel_values_images`, `image_pixel_values`)
     else:
         image, merged = torch.zeros(0, dtype=torch.int64), False
     return RowMedia(t, image, adapter.video_item_tokens(t), merged)
@@ -887,19 +889,22 @@ def _tiles_per_image(out: dict):
 def _audio_media(processor, rows: list[WindowRow], spec, out: list, errors: str, check: bool) -> None:
     """Give each row's RowMedia its audio features and the tokens each audio item needs (in place).
 
-    A row's own `input_features` / `input_features_mask` are kept as they are; rows with `audios` get theirs from
-    the processor's feature extractor, all of the batch's audio in one call, each row taking its own rows.
+    A row's own `input_features` / frame mask are kept as they are; rows with `audios` get theirs from the
+    processor's feature extractor, all of the batch's audio in one call with the family's extractor settings
+    (`spec.extra["audio_features"]`: Qwen-Omni's padding and mask name), each row taking its own rows.
     """
-    from .media import audio_item_tokens, load_audio
+    from .media import AUDIO_MASKS, audio_item_tokens, load_audio
 
+    keys = tuple(dict.fromkeys(("input_features", *AUDIO_MASKS, *(k for k, s in TENSOR_STREAMS.items() if s == AUDIO))))
+    features = ("input_features", *AUDIO_MASKS, "audio_input_features")
     waves = {}
     audio = torch.tensor(spec.audio_ids)
     for k, row in enumerate(rows):
-        if out[k].error is not None or "input_features" in row.tensors or "input_features_mask" in row.tensors:
-            continue
+        if out[k].error is not None or any(key in row.tensors for key in features):
+            continue  # the row's own features (a row with only `audio_embed_sizes` gets features from its audio)
         try:
             if row.audios:
-                rate = getattr(getattr(processor, "feature_extractor", None), "sampling_rate", None)
+                rate = getattr(_feature_extractor(processor), "sampling_rate", None)
                 waves[k] = [load_audio(a, rate, row=row.name) for a in row.audios]
             elif check and row.audios is None and bool(torch.isin(row.ids, audio).any()):
                 raise ImageCountError(
@@ -912,32 +917,37 @@ def _audio_media(processor, rows: list[WindowRow], spec, out: list, errors: str,
                 raise
             out[k] = RowMedia(error=exc)
     if waves:
-        extractor = getattr(processor, "feature_extractor", None)
+        extractor = _feature_extractor(processor)
         if extractor is None:
             raise ConfigError("rows with audio need the processor's feature extractor: pass WindowCollator(processor)")
         flat = [w for ws in waves.values() for w in ws]
         try:
-            made = extractor(flat, sampling_rate=extractor.sampling_rate, return_tensors="pt")
+            how = spec.extra.get("audio_features", {})
+            made = extractor(flat, sampling_rate=extractor.sampling_rate, return_tensors="pt", **how.get("kwargs", {}))
+            made = {how.get("rename", {}).get(key, key): value for key, value in made.items()}
         except (ValueError, TypeError) as exc:
             raise ImageDecodeError(
                 f"the feature extractor refused the audio of rows {[rows[k].name for k in waves]}: {exc}"
             ) from exc
         first = 0
         for k, ws in waves.items():
-            own = {key: made[key][first:first + len(ws)] for key in ("input_features", "input_features_mask")
-                   if key in made}
+            own = {key: made[key][first:first + len(ws)] for key in keys if key in made}
             first += len(ws)
             out[k].tensors = {**out[k].tensors, **own}
     for m in out:
-        if m.error is None and ("input_features_mask" in m.tensors or "input_features" in m.tensors):
-            counts = audio_item_tokens(spec, {k: v.cpu() for k, v in m.tensors.items()
-                                              if k in ("input_features", "input_features_mask")})
+        if m.error is None and any(key in m.tensors for key in keys):
+            counts = audio_item_tokens(spec, {k: v.cpu() for k, v in m.tensors.items() if k in keys})
             if counts is None:
                 raise PixelMismatchError(
                     f"cannot tell how many audio tokens the audio features of a {spec.family} row need: its spec has "
                     "no audio rule (spec.extra['audio_count']); build the spec from the processor"
                 )
             m.audio_tokens = torch.as_tensor(counts, dtype=torch.int64)
+
+
+def _feature_extractor(processor):
+    """The processor's audio feature extractor (`feature_extractor`; Phi-4-multimodal's is its `audio_processor`)."""
+    return getattr(processor, "feature_extractor", None) or getattr(processor, "audio_processor", None)
 
 
 def check_audio_items(input_ids, media: BatchMedia, spec, result: ItemCheck) -> ItemCheck:
@@ -964,6 +974,8 @@ def check_audio_items(input_ids, media: BatchMedia, spec, result: ItemCheck) -> 
     ids = input_ids if input_ids.dim() == 2 else input_ids[None]
     want = [m.audio_tokens for m in media.rows]
     per_row = torch.tensor([len(w) for w in want], dtype=torch.int64)
+    if not spec.audio_close_ids:
+        return _check_audio_runs((ids == spec.audio_token_id).cpu().numpy(), want, per_row, result)
     k = int(per_row.max()) + 1 if len(want) else 1
     close = torch.isin(ids, torch.tensor(spec.audio_close_ids, device=ids.device)).to(torch.int64)
     item = (close.cumsum(1) - close).clamp_(max=k)  # the audio item each position belongs to (k: past the listed)
@@ -984,6 +996,37 @@ def check_audio_items(input_ids, media: BatchMedia, spec, result: ItemCheck) -> 
         tail = int(counts[r, min(spans, k)]) if spans < k else 0
         if tail:
             bad.append(BadItem(r, "audio", None, tail, 0))
+    items = sorted(result.bad_items + bad, key=lambda x: (x.row, ("image", "video", "audio").index(x.stream),
+                                                           x.item is None, x.item or 0))
+    return ItemCheck(sorted(set(result.bad_rows) | {b.row for b in bad}), items,
+                     {**result.tokens, "audio": (seen_tokens, want_tokens)},
+                     {**result.items, "audio": (n_seen, per_row.numpy())})
+
+
+def _check_audio_runs(audio: np.ndarray, want: list, per_row, result: ItemCheck) -> ItemCheck:
+    """`check_audio_items` for bare audio runs (Phi-4-multimodal): back-to-back items share a run, so each run must
+    start and end where items of the row start and end, and the runs must cover all its items (`audio`: `(B, L)` bool,
+    the audio placeholders)."""
+    from .ops import BadItem
+
+    bad, n_seen = [], np.zeros(len(want), np.int64)
+    seen_tokens, want_tokens = audio.sum(1).astype(np.int64), np.zeros(len(want), np.int64)
+    for r, w in enumerate(want):
+        w = np.asarray(w.tolist(), dtype=np.int64)
+        pos = np.flatnonzero(audio[r])
+        runs = np.diff(np.concatenate([[0], np.flatnonzero(np.diff(pos) != 1) + 1, [len(pos)]])) if len(pos) else pos
+        n_seen[r], want_tokens[r] = len(runs), int(w.sum())
+        item_ends, run_ends = np.cumsum(w), np.cumsum(runs)
+        for n, end in zip(runs.tolist(), run_ends.tolist()):
+            j = int(np.searchsorted(item_ends, end - n, side="right"))  # the item the run starts in
+            if j >= len(w):
+                bad.append(BadItem(r, "audio", j, n, None))
+            elif end - n != item_ends[j] - w[j] or end not in item_ends:
+                bad.append(BadItem(r, "audio", j, n, int(w[j]), len(runs) != len(w)))
+        covered = int(run_ends[-1]) if len(runs) else 0
+        j = int(np.searchsorted(item_ends, covered, side="right"))
+        if covered < int(want_tokens[r]) and not any(b.row == r and b.item == j for b in bad):
+            bad.append(BadItem(r, "audio", j, None, int(w[j])))
     items = sorted(result.bad_items + bad, key=lambda x: (x.row, ("image", "video", "audio").index(x.stream),
                                                            x.item is None, x.item or 0))
     return ItemCheck(sorted(set(result.bad_rows) | {b.row for b in bad}), items,

@@ -81,7 +81,7 @@ class ConversationEncoder:
                 f"{type(processor).__name__} has no chat template, so conversational rows cannot be rendered: set "
                 "processor.chat_template to the checkpoint's template, or pass pre-tokenized rows (input_ids + labels)"
             )
-        _check_text_kept(processor)
+        _check_text_kept(processor, adapter)
         self.processor = processor
         self.adapter = adapter
         self.train_on = train_on
@@ -154,6 +154,7 @@ class ConversationEncoder:
         shifted = _to_expanded(np.asarray(ranges, dtype=np.int64).reshape(-1, 2), replaced)
         mask = None
         if self.train_on == "assistant":
+            shifted = _end_outside_specials(shifted, offsets, ids, self._special_ids)
             mask = token_mask(offsets, [tuple(r) for r in shifted.tolist()])
             if not mask.any():
                 raise self._no_supervision(len(assistant), row)
@@ -162,6 +163,14 @@ class ConversationEncoder:
             end = common_prefix_len(text, self._render(messages[:1], False, row))
             system_end = int(_token_at(offsets, _to_expanded(np.array([[end, end]]), replaced)[:, 0])[0])
         return Encoded(ids, mask, system_end, tensors, images, audios)
+
+    @property
+    def _special_ids(self) -> np.ndarray:
+        """Sorted ids of the tokenizer's special added tokens (chat markers, placeholders), found once."""
+        if not hasattr(self, "_specials"):
+            added = getattr(self.processor.tokenizer, "added_tokens_decoder", {}) or {}
+            self._specials = np.asarray(sorted(i for i, t in added.items() if getattr(t, "special", False)), np.int64)
+        return self._specials
 
     # ------------------------------------------------------------------ steps
 
@@ -214,7 +223,7 @@ class ConversationEncoder:
         if audio:
             kwargs["audio"] = list(audio)
         try:
-            enc = self.processor(**kwargs)
+            enc = self.adapter.process(self.processor, **kwargs)
         except ChunkerError:
             raise
         except (ValueError, IndexError, TypeError, RuntimeError, ZeroDivisionError) as exc:
@@ -256,7 +265,7 @@ class ConversationEncoder:
         )
 
 
-def _check_text_kept(processor) -> None:
+def _check_text_kept(processor, adapter) -> None:
     """Refuse a processor that rewrites the text it is given beyond expanding placeholders (PaliGemma moves
     images first and puts BOS after them): the template's answer ranges could not be carried onto its tokens.
 
@@ -271,8 +280,8 @@ def _check_text_kept(processor) -> None:
     text = renderer(processor)([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]},
                                 {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}], False)
     special = not _starts_with_bos(processor, text)
-    out = processor(text=[text], images=[[Image.new("RGB", (32, 32))]], add_special_tokens=special,
-                    return_text_replacement_offsets=True, return_tensors="np")  # Ovis2 reads its grids as arrays
+    out = adapter.process(processor, text=[text], images=[[Image.new("RGB", (32, 32))]], add_special_tokens=special,
+                          return_text_replacement_offsets=True, return_tensors="np")  # Ovis2 reads its grids as arrays
     expanded, last = [], 0
     for r in (out.get("text_replacement_offsets") or [[]])[0]:
         expanded += [text[last:r["span"][0]], r["replacement"]]
@@ -414,6 +423,25 @@ def _check_image_sizes(images, row) -> None:
                 "drop it, or pass on_error='skip'",
                 row=row,
             )
+
+
+def _end_outside_specials(ranges: np.ndarray, offsets: np.ndarray, ids: np.ndarray, specials: np.ndarray) -> np.ndarray:
+    """Answer ranges whose end falls strictly inside a special token end before it: the rendering that ends with an
+    answer can part from the whole conversation inside a marker both start alike (Phi-4's `<|end|><|endoftext|>` vs
+    `<|end|><|user|>` agree on `<|`), and a special token is never partly an answer.
+
+    Example:
+        >>> _end_outside_specials(np.array([[0, 9]]), np.array([[0, 7], [7, 15]]), np.array([5, 9]), np.array([9]))
+        array([[0, 7]])
+    """
+    if not len(ranges) or not len(specials) or not len(offsets):
+        return ranges
+    k = np.clip(np.searchsorted(offsets[:, 0], ranges[:, 1], side="right") - 1, 0, len(offsets) - 1)
+    inside = (offsets[k, 0] < ranges[:, 1]) & (ranges[:, 1] < offsets[k, 1]) & np.isin(ids[k], specials)
+    inside &= offsets[k, 0] >= ranges[:, 0]
+    out = ranges.copy()
+    out[inside, 1] = offsets[k[inside], 0]
+    return out
 
 
 def _to_expanded(positions: np.ndarray, replaced) -> np.ndarray:

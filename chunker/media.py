@@ -11,7 +11,8 @@ from .errors import ImageCountError, ImageDecodeError, ImageTokenCountError, Pix
 from .spans import AUDIO, IMAGE, VIDEO, Spans
 
 # Which media stream each known tensor belongs to, and how many leading rows one item owns:
-# "one" a row per item, "grid" prod(grid_thw) rows, "crops" 1 + num_crops rows, "tiles" count/tokens_per_tile rows.
+# "one" a row per item, "grid" prod(grid_thw) rows, "crops" 1 + num_crops rows, "tiles" count/tokens_per_tile rows,
+# "frames" num_frames_per_video rows.
 TENSOR_STREAMS = {
     "pixel_values": IMAGE,
     "pixel_attention_mask": IMAGE,
@@ -27,6 +28,8 @@ TENSOR_STREAMS = {
     "input_features_mask": AUDIO,
 }
 _NOUNS = {IMAGE: "media", VIDEO: "media", AUDIO: "audio"}
+# the frame mask of an audio item's features: Gemma 4 / 3n, Qwen-Omni (`feature_attention_mask`)
+AUDIO_MASKS = ("input_features_mask", "feature_attention_mask")
 PER_ITEM_KEYS = ("image_grid_thw", "image_sizes", "num_crops", "num_patches", "video_grid_thw", "second_per_grid_ts")
 
 
@@ -129,32 +132,56 @@ def audio_item_tokens(spec, tensors: dict) -> np.ndarray | None:
             `replace_audio_token` does it (Gemma 4: `mask[::2][:t_out]` twice, the encoder's two stride-2 convs),
             its valid frames counted.
         {"rule": "fixed", "tokens": n}: n per item, whatever its length (Gemma 3n's `audio_seq_length`).
+        {"rule": "sizes", "key": k}: the feature extractor's own per-item counts `tensors[k]` (Phi-4-multimodal's
+            `audio_embed_sizes`).
+        {"rule": "conv", "layers": [[kernel, stride, padding], ...], "chunk": c}: the valid frames of the frame mask
+            (`input_features_mask`, or `feature_attention_mask`) through each layer's output-length formula
+            (Qwen2.5-Omni: conv then pooling); with "chunk", every whole chunk of c frames and the rest separately
+            (Qwen3-Omni's chunked encoder).
 
     Example:
         >>> spec = type("S", (), {"extra": {"audio_count": {"rule": "halve", "times": 2}}})()
         >>> mask = np.array([[1] * 19 + [0] * 31, [1] * 9 + [0] * 41])   # 19 and 9 valid frames
         >>> audio_item_tokens(spec, {"input_features_mask": mask}).tolist()
         [5, 3]
+        >>> spec.extra["audio_count"] = {"rule": "conv", "layers": [[3, 2, 1], [2, 2, 0]]}   # Qwen2.5-Omni
+        >>> audio_item_tokens(spec, {"feature_attention_mask": mask}).tolist()
+        [5, 2]
     """
     rule = spec.extra.get("audio_count")
     if rule is None:
         return None
+    if rule["rule"] == "sizes":
+        sizes = tensors.get(rule["key"])
+        return None if sizes is None else np.asarray(sizes, dtype=np.int64).reshape(-1)
     if rule["rule"] == "fixed":
         n = _audio_items(tensors)
         return None if n is None else np.full(n, int(rule["tokens"]), dtype=np.int64)
-    mask = tensors.get("input_features_mask")
+    mask = next((tensors[k] for k in AUDIO_MASKS if tensors.get(k) is not None), None)
     if mask is None:
         return None
     mask = np.asarray(mask).astype(bool)
     mask = mask.reshape(-1, mask.shape[-1]) if mask.ndim else mask.reshape(0, 0)
+    if rule["rule"] == "conv":
+        frames = mask.sum(1).astype(np.int64)
+        chunk = int(rule.get("chunk") or 0)
+        whole, rest = (frames // chunk, frames % chunk) if chunk else (0, frames)
+        return _conv_length(rest, rule["layers"]) + whole * (_conv_length(np.int64(chunk), rule["layers"]) if chunk else 0)
     for _ in range(int(rule["times"])):
         t = mask.shape[1]
         mask = mask[:, ::2][:, : (t + 2 - 3) // 2 + 1]
     return mask.sum(1).astype(np.int64)
 
 
+def _conv_length(frames, layers):
+    """Output length of `frames` through layers of (kernel, stride, padding), as torch's Conv1d / AvgPool1d give it."""
+    for kernel, stride, padding in layers:
+        frames = (frames + 2 * padding - kernel) // stride + 1
+    return frames
+
+
 def _audio_items(tensors: dict) -> int | None:
-    for key in ("input_features_mask", "input_features"):
+    for key in (*AUDIO_MASKS, "input_features"):
         if tensors.get(key) is not None:
             return int(np.asarray(tensors[key]).shape[0])
     return None
@@ -168,6 +195,9 @@ def rows_per_item(key: str, rule: str, tensors: dict, counts: np.ndarray, spec, 
     if rule == "grid":
         grid = np.asarray(tensors["video_grid_thw" if TENSOR_STREAMS[key] == VIDEO else "image_grid_thw"])
         return grid.reshape(-1, 3).prod(-1).astype(np.int64)
+    if rule == "frames":  # one row per frame, the frames of all videos along one axis (Gemma 4)
+        frames = tensors.get("num_frames_per_video")
+        return np.ones(n, dtype=np.int64) if frames is None else np.asarray(frames, dtype=np.int64).reshape(-1)
     if rule == "crops":
         if "num_crops" not in tensors:
             return np.ones(n, dtype=np.int64)

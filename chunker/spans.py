@@ -103,6 +103,19 @@ def group_spans(spans: Spans, sizes) -> Spans:
     return Spans(spans.starts[first], spans.ends[last], spans.kinds[first], counts)
 
 
+def merge_spans(a: Spans, b: Spans) -> Spans:
+    """The spans of `a` and `b` together, in text order (a family's images beside its grouped videos).
+
+    Example:
+        >>> one = lambda s, e: Spans(np.array(s), np.array(e), np.zeros(len(s), int), np.ones(len(s), int))
+        >>> merge_spans(one([0, 9], [3, 12]), one([5], [8])).starts.tolist()
+        [0, 5, 9]
+    """
+    merged = Spans(*(np.concatenate([x, y]) for x, y in zip((a.starts, a.ends, a.kinds, a.counts),
+                                                             (b.starts, b.ends, b.kinds, b.counts))))
+    return merged.take(np.argsort(merged.starts, kind="stable"))
+
+
 def split_runs(spans: Spans, item_counts, *, row=None) -> Spans:
     """Split placeholder runs (no brackets) into items of `item_counts` tokens each, in order.
 
@@ -338,9 +351,16 @@ def _with_counts(spec, starts, ends, at) -> Spans:
 
 
 def _with_audio(ids, spec, spans, row, at) -> Spans:
-    """`spans` with the row's audio spans (`audio_open_ids ... audio_close_ids`, one per audio item) merged in, in
-    text order; an audio span that overlaps another media span is a `SpanError`."""
-    starts, ends = _bracket(ids, spec, row, at, spec.audio_open_ids, spec.audio_close_ids, "an audio item")
+    """`spans` with the row's audio spans (`audio_open_ids ... audio_close_ids`, one per audio item; without audio
+    brackets, each run of audio placeholders, which back-to-back items share) merged in, in text order; an audio span
+    that overlaps another media span is a `SpanError`."""
+    if spec.audio_open_ids:
+        starts, ends = _bracket(ids, spec, row, at, spec.audio_open_ids, spec.audio_close_ids, "an audio item")
+    else:
+        pos = at.of((spec.audio_token_id,))
+        gap = np.flatnonzero(np.diff(pos) != 1)
+        starts = pos[np.concatenate([[0], gap + 1])] if len(pos) else pos
+        ends = pos[np.append(gap, len(pos) - 1)] + 1 if len(pos) else pos
     if not len(starts):
         return spans
     audio = at.of((spec.audio_token_id,))
@@ -354,8 +374,10 @@ def _with_audio(ids, spec, spans, row, at) -> Spans:
         k = int(overlap[0])
         raise SpanError(
             f"media spans [{int(merged.starts[k])}, {int(merged.ends[k])}) and [{int(merged.starts[k + 1])}, "
-            f"{int(merged.ends[k + 1])}) overlap (an audio span inside an image span or the reverse): the row was "
-            "built by hand or edited; tokenize the whole conversation with this family's processor",
+            f"{int(merged.ends[k + 1])}) overlap (an audio span inside an image or video span, or the reverse): "
+            "audio taken from a video and interleaved with its frames (Qwen-Omni's load_audio_from_video), which is "
+            "not split yet (pass the video's audio as its own audio item), or a row built by hand or edited "
+            "(tokenize the whole conversation with this family's processor)",
             row=row,
         )
     return merged

@@ -38,8 +38,9 @@ class ImageSpanSpec:
         prefix_media: media live only in a leading prefix (PaliGemma): every window repeats it.
         group_crops: one item is an image block followed by its pan-and-scan crop blocks (Gemma 3).
         audio_token_id: the audio placeholder id, if the family has audio (Gemma 4 `<|audio|>`); its spans are
-            `audio_open_ids ... audio_close_ids` brackets, one per audio item, found beside the image grammar.
-        audio_open_ids, audio_close_ids: the audio bracket ids (Gemma 4 `<|audio>`, `<audio|>`).
+            `audio_open_ids ... audio_close_ids` brackets, one per audio item, found beside the image grammar, or,
+            without brackets, bare runs of it (Phi-4-multimodal; back-to-back items share a run).
+        audio_open_ids, audio_close_ids: the audio bracket ids (Gemma 4 `<|audio>`, `<audio|>`), or both empty.
         extra: family data for the transformers edge (pixel slicing rule, processor attributes).
 
     Example:
@@ -84,9 +85,9 @@ class ImageSpanSpec:
             raise ConfigError("a 'terminated_run' spec needs end_id (e.g. the [IMG_END] id)")
         if self.kind == "tiles" and (not self.open_ids or self.global_id is None):
             raise ConfigError("a 'tiles' spec needs open_ids=(<fake_token_around_image> id,) and global_id")
-        if self.audio_token_id is not None and not (self.audio_open_ids and self.audio_close_ids):
-            raise ConfigError("a spec with audio_token_id needs audio_open_ids and audio_close_ids (e.g. <|audio>, "
-                              "<audio|>): audio spans are brackets")
+        if self.audio_token_id is not None and bool(self.audio_open_ids) != bool(self.audio_close_ids):
+            raise ConfigError("a spec with audio brackets needs both audio_open_ids and audio_close_ids (e.g. <|audio>, "
+                              "<audio|>), or neither: audio spans are then bare runs of audio_token_id (Phi-4-mm)")
         for name in ("instruction_ids", "response_ids", "open_ids", "close_ids", "body_ids", "tile_ids",
                      "audio_open_ids", "audio_close_ids"):
             object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))

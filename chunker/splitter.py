@@ -1073,7 +1073,7 @@ def check_audio_counts(spans, n_audios, tensors: dict, row) -> None:
     """Raise `ImageCountError` when a row's audio items (its `audios` column, None: no such column) or its audio
     features disagree with its audio spans, or its text holds audio spans with neither."""
     n_span = int((spans.kinds == AUDIO).sum())
-    have = "input_features" in tensors or "input_features_mask" in tensors
+    have = any(TENSOR_STREAMS.get(k) == AUDIO for k in tensors)
     if n_audios is not None and n_audios != n_span:
         raise ImageCountError(
             f"the row has {n_audios} audio items but its text holds {n_span} audio spans: give exactly one audio "

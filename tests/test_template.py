@@ -111,6 +111,11 @@ EXPECTED = {
         "A red ball. ASSISTANT: USER: <|im_start|><|im_end|>",
         "ASSISTANT: done<|im_end|>",
     ],
+    # ChatML as Qwen2.5-VL's (an image renders "<|vision_bos|><|IMAGE|><|vision_eos|>"): the same answers
+    "Qwen--Qwen2.5-Omni-7B": [
+        "A red ball. ASSISTANT: USER: <|im_start|><|im_end|>",
+        "ASSISTANT: done<|im_end|>",
+    ],
     # Thinking on: the prompt ends "<think>\n"; the answer after the last user turn gets an empty think block
     # that the model must close; the earlier answer is rendered as history, without one.
     "Qwen--Qwen3.5-4B": [
@@ -184,6 +189,19 @@ EXPECTED = {
     "KamilaMila--FastVLM-1.5B": [
         "\nA red ball. ASSISTANT: USER: <|im_start|><|im_end|>",
         "\nASSISTANT: done<|im_end|>",
+    ],
+    # The prompt is "<|assistant|>"; the template writes the EOS only after the last turn, so only the last answer
+    # trains it. The conversation that ends with the first answer continues "</s>" where the whole one opens "<|user|>":
+    # they agree on "<", so the character range ends inside that marker; the encoder moves a range end that falls
+    # inside a special token back to the token's start (tests/test_family_phi4mm.py trains exactly "...<|end|>").
+    # Llama 4: the generation prompt is "<|header_start|>assistant<|header_end|>\n\n"; each turn ends "<|eot|>"
+    "transformers--Llama4Processor-default": [
+        "A red ball. ASSISTANT: USER: <|im_start|><|eot|>",
+        "ASSISTANT: done<|eot|>",
+    ],
+    "microsoft--Phi-4-multimodal-instruct": [
+        "A red ball. ASSISTANT: USER: <|im_start|><|end|><",
+        "ASSISTANT: done<|end|></s>",
     ],
 }
 

@@ -42,6 +42,9 @@ def _registries() -> dict:
     import test_family_unsloth
     from integrations import test_trl, test_unsloth
 
+    from chunker.testing import TORCHVISION_MATRIX
+    from chunker.testing.families_video import VIDEO_FAMILIES
+
     return {
         "contract": test_families.CONTRACT,
         "learned": test_family_learned.LEARNED + test_family_learned_e.LEARNED + test_family_more.LEARNED,
@@ -61,6 +64,11 @@ def _registries() -> dict:
         "shared": test_family_shared.SHARED,
         "collator_gaps": {**{f: test_family_models.collator_gap(f) for f in test_family_models.MODELS},
                           **{f: [gap] for f, gap in test_family_more.COLLATOR_GAPS.items()}},
+        # families whose processors need torchvision: rows stated in chunker.testing.TORCHVISION_MATRIX, each proven
+        # with a tiny model in its own test (tests/test_family_omni.py, _phi4mm.py, _tv.py), which skips without it
+        "torchvision": TORCHVISION_MATRIX,
+        # families whose videos are proven with their real video processor (tests/test_family_video.py, torchvision)
+        "video": set(VIDEO_FAMILIES),
         "unsloth": set(test_unsloth.FAMILIES) | set(test_family_unsloth.MARKERS),
         "trl": set(test_trl.FAMILIES),
     }
@@ -81,18 +89,18 @@ def rows() -> list[list[str]]:
     out = []
     families = [*reg["contract"].items(), *((f, None) for f in reg["shared"]), *((f, None) for f in reg["learned"]),
                 *((f, f) for f in reg["pretokenized"]),
-                *reg["pretokenized_as"].items()]
+                *reg["pretokenized_as"].items(), *((f, None) for f in reg["torchvision"])]
     for family, adapter_name in families:
-        if family in reg["stated"]:
-            real, modalities, grammar = reg["stated"][family]
-            model = "yes" if family in reg["models"] else "—"
+        if family in reg["stated"] or family in reg["torchvision"]:
+            real, modalities, grammar = {**reg["stated"], **reg["torchvision"]}[family]
+            model = "yes" if family in reg["models"] or family in reg["torchvision"] else "—"
             out.append([family, f"`{real}`", modalities, grammar, model, "—"])
             continue
         processor = build_processor(family)
         adapter = adapter_for(processor)
         # the learner probes images only: a learned family's video grammar is not known (GLM-4.1V's frames are image
         # brackets inside a video pair), so only a written family claims videos
-        video = adapter.spec.video_token_id is not None and not isinstance(adapter, Learned)
+        video = (adapter.spec.video_token_id is not None and not isinstance(adapter, Learned)) or family in reg["video"]
         modalities = "image" + (", video" if video else "") + (", audio" if adapter.spec.audio_token_id is not None else "")
         if isinstance(adapter, Learned):
             grammar = f"learned ({adapter.count_rule} count{'; pre-tokenized rows' if adapter_name is None else ''})"

@@ -10,7 +10,7 @@ from dataclasses import fields, replace
 
 from ..errors import ConfigError
 from ..spec import ImageSpanSpec
-from . import gemma, idefics, internvl, llava, mllama, more, paddle, pixtral, qwen, tiles  # noqa: F401  (registers them)
+from . import gemma, idefics, internvl, llava, mllama, more, omni, paddle, phi4mm, pixtral, qwen, tiles, tv_tiles  # noqa: F401  (registers them)
 from ._base import ADAPTERS, FamilyAdapter, adapter_for, adapter_for_spec, register
 from .sizes import SizeExpander, image_hw, image_settings, size_expander
 

@@ -153,6 +153,12 @@ class FamilyAdapter:
         """The processor's media tensors of one row as the splitter keeps them (a hook: add or reshape)."""
         return tensors
 
+    def process(self, processor, **kwargs):
+        """`processor`'s output for one call (`kwargs` ask `return_tensors="np"`), its tensors numpy arrays (a hook:
+        Llama 4's image processor makes bfloat16 pixels, which numpy cannot hold). The processor is passed in: an
+        adapter rebuilt from a spec may have none."""
+        return processor(**kwargs)
+
     def items(self, spans, tensors: dict, images, *, row=None):
         """The media items of a row from its spans (a hook: group crops, cut back-to-back runs)."""
         return spans

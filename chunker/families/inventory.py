@@ -30,7 +30,6 @@ _TORCHVISION = (f"{_GRID}; its image processor has only a torchvision backend, w
 PENDING = {
     "Apertus1p5Processor": "`<boi>H*W<wrapper>` then rows of image tokens joined by end-of-line tokens, then `<eoi>`; "
                            "audio spans too",
-    "Cohere2VisionProcessor": "`<|START_OF_IMG|> (<|IMG_PATCH|>×p² <|IMG_LINE_BREAK|>)×tiles <|END_OF_IMG|>`",
     "DeepseekOcr2Processor": "global and local tile queries with newline tokens, counts from settings",
     "Dots3NoteProcessor": f"{_NO_BRACKETS}; an audio feature extractor too (`<|audio_comp_pad|>`)",
     "Ernie4_5_VLMoeProcessor": f"{_GRID} inside the template's `<|IMAGE_START|>…<|IMAGE_END|>`, but its processor "
@@ -50,27 +49,43 @@ PENDING = {
                           "the template); the processor refuses a placeholder without them, so the grammar probe needs "
                           "a bracketed probe text, and its positions come from the model's own get_rope_index",
     "HyperCLOVAXVisionV2Processor": _NO_BRACKETS,
-    "Inkling2Processor": "`image_token × prod(grid_thw)` (no merge); its image processor has only a torchvision "
-                         "backend, not built offline here",
+    "Inkling2Processor": "`image_token × prod(grid_thw)` (no merge) as bare runs: built with torchvision, the learner "
+                         "refuses its runs by name (no special open and close token around them; none is named by "
+                         "the processor, and no checkpoint template was found)",
     "InklingProcessor": "not probed here",
-    "Kimi_K25Processor": _TORCHVISION,
+    "Kimi_K25Processor": f"{_GRID} as bare `<|media_pad|>` runs; its brackets come only from the checkpoint's template "
+                         "(`<|media_begin|>image<|media_content|>…<|media_end|>` in its video expansion), not found: "
+                         "with a guessed template the learner takes the inner pair `<|media_content|>…<|media_end|>`, "
+                         "which would leave `<|media_begin|>image` outside the span (built with torchvision)",
     "Lfm2VlProcessor": "tiles and a thumbnail, each `<|img_row_r_col_c|> <image>×n` inside "
-                       "`<|image_start|>…<|image_end|>`, with spatial_shapes and pixel_attention_mask tensors",
-    "Llama4Processor": "tiles separated by `<|tile_x_separator|>` / `<|tile_y_separator|>` and a global image, inside "
-                       "`<|image_start|>…<|image_end|>`, counts from aspect ratios",
+                       "`<|image_start|>…<|image_end|>` (one tile: `<image>×n` alone), with spatial_shapes and "
+                       "pixel_attention_mask tensors; built with torchvision, the learner refuses `spatial_shapes` by "
+                       "name. An image owns one pixel row per tile marker in its span (or one), and a tile's count is "
+                       "ceil(h/ds)·ceil(w/ds) of its spatial_shapes row, so the tiles differ in count: no slicing rule "
+                       "reads pixel rows per item from span markers yet (the processor drops image_rows / image_cols)",
     "MiniCPMOcrProcessor": "slices `<slice>…</slice>` with a global image, counts from grids",
     "MiniCPMV4_6Processor": "`<image>…</image>` then slices `<slice>…</slice>` (rows joined by newlines), counts from "
                             "target_sizes; its pixel_values pack every slice along the last axis, which no pixel "
                             "slicing rule cuts yet",
     "MiniCPMV4_7Processor": "slices `<slice>…</slice>` with a global image, counts from grids",
-    "MiniMaxM3VLProcessor": _TORCHVISION,
+    "MiniMaxM3VLProcessor": "learned, not yet listed in LEARNED: `]<]start of image[>[ ]<]image[>[×(t·h·w/merge²) "
+                            "]<]end of image[>[` (grid count; the processor writes the brackets itself), proven with "
+                            "torchvision on the real processor with a labelled ChatML stand-in template (spans equal "
+                            "its expansion, windows train exactly the answers, a tiny "
+                            "MiniMaxM3SparseForConditionalGeneration trains and naive truncation fails: "
+                            "tests/test_family_tv.py); tests/test_family_inventory_learned.py builds every LEARNED "
+                            "class without torchvision, which this one needs",
     "Molmo2Processor": "low- and high-resolution crops as rows `<im_patch>×w <im_col>` inside `<im_start>…<im_end>`",
     "MuseGlimmerProcessor": _TORCHVISION,
     "MuseSparkProcessor": _TORCHVISION,
     "NemotronH_Omni_Reasoning_V3Processor": "`<img> <image>×N </img>` from image_grid_hw; audio spans too; its image "
                                             "processor has only a torchvision backend, not built offline here",
     "PPChart2TableProcessor": "its processor passes text and images through without expanding an image token",
-    "PerceptionLMProcessor": "runs of `<|image|>` (tiles × tokens per tile) without brackets",
+    "PerceptionLMProcessor": "runs of `<|image|>` (tiles × tokens per tile) without brackets; built with torchvision, its "
+                             "image processor refuses a call whose images make different tile counts (pixel_values "
+                             "(images, tiles, 3, H, W) cannot be stacked), so a row of mixed-size images cannot be "
+                             "processed at all, and its _get_num_multimodal_tokens disagrees with its own expansion "
+                             "(a 36x60 image at 16-pixel tiles: 16 vs 20 tokens)",
     "Step3p7Processor": "local patches `<patch_start>…<patch_end>` and a global `<im_start>…<im_end>` per image",
     "UnlimitedOcrProcessor": "one run of `<image>` (global and local queries with row ends) from patches_grid",
     "VideoLlama3Processor": f"{_GRID}, merge per image; no bracket token is named by the processor or "

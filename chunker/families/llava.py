@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..spans import split_runs
+from ..spans import VIDEO, merge_spans, split_runs
 from ._base import FamilyAdapter, register, zeros
 from .sizes import patch_shape
 
@@ -113,8 +113,37 @@ class LlavaOnevision(LlavaNext):
 
 @register
 class LlavaNextVideo(LlavaNext):
-    """As LLaVA-NeXT for images (its own processor class, not a subclass); a video is one `<video>` run."""
+    """As LLaVA-NeXT for images (its own processor class, not a subclass); a video is one `<video>` run of
+    frames × patches / 4 tokens (the model pools each frame's patch grid 2x2), read off its `pixel_values_videos`
+    (videos, frames, 3, height, width), one row per video."""
 
     name = "llava_next_video"
     classes = ("LlavaNextVideoProcessor",)
     video = "attr:video_token"
+
+    def items(self, spans, tensors, images, *, row=None):
+        video = spans.kinds == VIDEO
+        if not video.any():
+            return super().items(spans, tensors, images, row=row)
+        return merge_spans(super().items(spans.take(~video), tensors, images, row=row), spans.take(video))
+
+    def expected_item_tokens(self, tensors, stream):
+        if stream != VIDEO or "pixel_values_videos" not in tensors or self.processor is None:
+            return None
+        return self._video_tokens(np.shape(tensors["pixel_values_videos"]))
+
+    def video_item_tokens(self, tensors):
+        import torch
+
+        if "pixel_values_videos" not in tensors or self.processor is None:
+            return super().video_item_tokens(tensors)
+        return torch.as_tensor(self._video_tokens(tuple(tensors["pixel_values_videos"].shape)))
+
+    def _video_tokens(self, shape) -> np.ndarray:
+        """Tokens of each video of a `pixel_values_videos` of `shape`, as `replace_video_token` counts them (none for an
+        empty tensor: a window without videos, e.g. read back from Arrow)."""
+        if len(shape) < 5 or not shape[0]:
+            return np.zeros(0, dtype=np.int64)
+        patch = int(self.processor.patch_size)
+        per_frame = (int(shape[-2]) // patch) * (int(shape[-1]) // patch) // 4
+        return np.full(int(shape[0]), int(shape[1]) * per_frame, dtype=np.int64)

@@ -82,7 +82,7 @@ def _probe(adapter, processor_kwargs) -> str | None:
             return (f"its chat template renders no image placeholder ({token!r}) for {{'type': 'image'}} items, so every "
                     "image would vanish from the text: the template and the processor's image_token disagree (set "
                     "processor.chat_template to the checkpoint's own template)")
-        out = processor(text=[text], images=[images], return_tensors="np", **processor_kwargs)
+        out = adapter.process(processor, text=[text], images=[images], return_tensors="np", **processor_kwargs)
     except Exception as exc:  # noqa: BLE001  (the processor's own refusal, whatever its type, is the finding)
         return f"the processor refused the probe ({type(exc).__name__}: {exc})"
     ids = np.asarray(out["input_ids"])[0].astype(np.int64)

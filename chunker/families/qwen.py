@@ -84,8 +84,36 @@ def _rope_per_window(batch, starts, model):
     """The model's `get_rope_index` on the packed windows laid out as rows of their own, put back in place."""
     import torch
 
+    rope_index = _rope_index_of(model)
+    (rows, types), mask, (seg, local) = _windows_as_rows(starts, batch["input_ids"], batch["mm_token_type_ids"])
+    extra = {k: batch[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if k in batch}
+    rope, _ = rope_index(rows, mm_token_type_ids=types, attention_mask=mask.to(torch.int64), **extra)
+    return rope[:, seg, local].reshape(3, *starts.shape)
+
+
+def _windows_as_rows(starts, *columns):
+    """`(B, L)` columns of packed windows laid out one window per row (zero-padded): (the columns so laid out, the
+    rows' mask, (row, position) of every packed token to put per-row results back)."""
+    import torch
+
+    b, n = starts.shape
+    seg = starts.reshape(-1).cumsum(0) - 1
+    pos = torch.arange(b * n, device=starts.device)
+    local = pos - torch.where(starts.reshape(-1), pos, 0).cummax(0).values
+    lengths = torch.bincount(seg)
+    laid = []
+    for column in columns:
+        rows = torch.zeros((len(lengths), int(lengths.max())), dtype=columns[0].dtype, device=starts.device)
+        rows[seg, local] = column.reshape(-1).to(rows.dtype)
+        laid.append(rows)
+    mask = torch.arange(laid[0].shape[1], device=starts.device) < lengths[:, None]
+    return laid, mask, (seg, local)
+
+
+def _rope_index_of(model):
+    """The `get_rope_index` of the model, its inner model, or a wrapper's (PEFT, Unsloth) base model."""
     owner, rope_index = model, None
-    for _ in range(6):  # the model, its inner model, or a wrapper's (PEFT, Unsloth) base model
+    for _ in range(6):
         rope_index = getattr(owner, "get_rope_index", None)
         if rope_index is not None or getattr(owner, "model", None) is None:
             break
@@ -94,20 +122,7 @@ def _rope_per_window(batch, starts, model):
         from ..errors import ConfigError
 
         raise ConfigError(f"model= ({type(model).__name__}) has no get_rope_index: pass the Qwen-VL model, or no model")
-    ids = batch["input_ids"]
-    b, n = ids.shape
-    seg = starts.reshape(-1).cumsum(0) - 1
-    pos = torch.arange(b * n, device=ids.device)
-    local = pos - torch.where(starts.reshape(-1), pos, 0).cummax(0).values
-    lengths = torch.bincount(seg)
-    rows = torch.zeros((len(lengths), int(lengths.max())), dtype=ids.dtype, device=ids.device)
-    types = torch.zeros_like(rows)
-    rows[seg, local] = ids.reshape(-1)
-    types[seg, local] = batch["mm_token_type_ids"].reshape(-1).to(rows.dtype)
-    mask = torch.arange(rows.shape[1], device=ids.device) < lengths[:, None]
-    extra = {k: batch[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if k in batch}
-    rope, _ = rope_index(rows, mm_token_type_ids=types, attention_mask=mask.to(torch.int64), **extra)
-    return rope[:, seg, local].reshape(3, b, n)
+    return rope_index
 
 
 @register

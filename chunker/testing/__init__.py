@@ -31,8 +31,38 @@ LEARNED = ("janus", "gemma3n")
 LEARNED_E = ("glm46v", "glm5_next", "lfm3_vl", "cosmos3_edge", "cohere_compass")
 
 
+# images, videos and audio in one family; their builders need torchvision (chunker.testing.families_omni,
+# tests/test_family_omni.py runs the shared contract's checks on them)
+FAMILIES_OMNI = ("qwen2_5_omni", "qwen3_omni_moe")
+# images and audio as bare runs; its image processor needs torchvision (chunker.testing.families_phi4mm,
+# tests/test_family_phi4mm.py)
+FAMILIES_PHI4MM = ("phi4_multimodal",)
+# tile grammars whose image processor has only a torchvision backend (chunker.testing.families_tv,
+# tests/test_family_tv.py)
+FAMILIES_TV = ("cohere2_vision", "llama4")
+LEARNED_TV = ("minimax_m3_vl",)  # a grid family learned from its processor, in the same module and test
+# the README matrix's row (tools/families_matrix.py) of each family whose processor needs torchvision: real class,
+# modalities, grammar; stated so the table is the same with or without torchvision, and checked against the processor
+# where torchvision loads (tests/test_family_torchvision_matrix.py)
+TORCHVISION_MATRIX = {
+    "qwen2_5_omni": ("Qwen2_5OmniProcessor", "image, video, audio", "written (`qwen2_5_omni`)"),
+    "qwen3_omni_moe": ("Qwen3OmniMoeProcessor", "image, video, audio",
+                       "written (`qwen3_omni_moe`; Qwen2.5-Omni's template)"),
+    "phi4_multimodal": ("Phi4MultimodalProcessor", "image, audio", "written (`phi4_multimodal`)"),
+    "cohere2_vision": ("Cohere2VisionProcessor", "image", "written (`cohere2_vision`; a stand-in template)"),
+    "llama4": ("Llama4Processor", "image", "written (`llama4`)"),
+    "minimax_m3_vl": ("MiniMaxM3VLProcessor", "image", "learned (grid count; a stand-in template)"),
+}
+
+
 def _module(family: str):
-    if family in FAMILIES_A:
+    if family in FAMILIES_PHI4MM:
+        from . import families_phi4mm as mod
+    elif family in FAMILIES_TV + LEARNED_TV:
+        from . import families_tv as mod
+    elif family in FAMILIES_OMNI:
+        from . import families_omni as mod
+    elif family in FAMILIES_A:
         from . import families_a as mod
     elif family in FAMILIES_B:
         from . import families_b as mod

@@ -51,11 +51,12 @@ def build_processor(family: str, **options):
 
     Args:
         family: one of `FAMILIES_C`.
-        **options: `chat_template` overrides the vendored one.
+        **options: `chat_template` overrides the vendored one; `video=True` (Gemma 4, LLaVA-NeXT-Video) builds the
+            real processor class with its real video processor, which needs torchvision.
 
     Returns:
-        A fresh processor. Gemma 4's is an image-only subclass of the real `Gemma4Processor` (its video processor
-        needs torchvision); its audio feature extractor is the real one.
+        A fresh processor. By default Gemma 4's and LLaVA-NeXT-Video's are image-only subclasses of the real classes
+        (their video processors need torchvision); Gemma 4's audio feature extractor is the real one.
 
     Raises:
         ValueError: an unknown family or option.
@@ -66,13 +67,16 @@ def build_processor(family: str, **options):
         ('Gemma4Processor', '<|image|>', '<|image>')
     """
     _check_family(family)
+    video = bool(options.pop("video", False))
+    if video and family not in FAMILIES_C:
+        raise ValueError(f"video=True: {family!r} has no video processor here (only {FAMILIES_C} do)")
     chat_template = chat_template_option(family, options)
     if family in LEARNED:
         return _BUILDERS[family](chat_template)
-    return _BUILDERS[family](chat_template or template(family))
+    return _BUILDERS[family](chat_template or template(family), video=video)
 
 
-def _gemma4(chat_template):
+def _gemma4(chat_template, video=False):
     from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
     from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
 
@@ -83,27 +87,44 @@ def _gemma4(chat_template):
     tokenizer = gemma_tokenizer(GEMMA4_SPECIALS, named=GEMMA4_NAMED, mask_token="<mask>")
     image_processor = Gemma4ImageProcessorPil(patch_size=GEMMA4_PATCH, pooling_kernel_size=GEMMA4_POOL,
                                               max_soft_tokens=GEMMA4_SOFT_TOKENS)
-    return image_only(processor_class("gemma4", "Gemma4Processor"))(
+    cls = processor_class("gemma4", "Gemma4Processor")
+    return (cls if video else image_only(cls))(
         feature_extractor=Gemma4AudioFeatureExtractor(),
         image_processor=image_processor,
         tokenizer=tokenizer,
-        video_processor=None,
+        video_processor=_gemma4_video_processor() if video else None,
         chat_template=chat_template,
         image_seq_length=GEMMA4_SOFT_TOKENS,
     )
 
 
-def _llava_next_video(chat_template):
+def _gemma4_video_processor():
+    """The real `Gemma4VideoProcessor` (torchvision) at the image processor's geometry; frames are given, not sampled."""
+    from transformers.models.gemma4.video_processing_gemma4 import Gemma4VideoProcessor
+
+    return Gemma4VideoProcessor(patch_size=GEMMA4_PATCH, pooling_kernel_size=GEMMA4_POOL,
+                                max_soft_tokens=GEMMA4_SOFT_TOKENS, do_sample_frames=False)
+
+
+def _llava_next_video(chat_template, video=False):
     from transformers.models.llava_next_video.processing_llava_next_video import LlavaNextVideoProcessor
 
     from ._image_only import image_only
     from ._tokenizer import llama_tokenizer
-    from .families_a import LLAVA_PATCH, llava_next_image_processor
+    from .families_a import LLAVA_IMAGE, LLAVA_PATCH, llava_next_image_processor
 
     # lmms-lab/LLaVA-NeXT-Video-7B on vicuna: the conversion adds <video> and <image> as special tokens
     tokenizer = llama_tokenizer(("<video>", "<image>"), named={"image_token": "<image>", "video_token": "<video>"})
-    return image_only(LlavaNextVideoProcessor)(
-        video_processor=None, image_processor=llava_next_image_processor(), tokenizer=tokenizer,
+    video_processor = None
+    if video:
+        from transformers.models.llava_next_video.video_processing_llava_next_video import (
+            LlavaNextVideoVideoProcessor,
+        )
+
+        video_processor = LlavaNextVideoVideoProcessor(size={"shortest_edge": LLAVA_IMAGE},
+                                                       crop_size={"height": LLAVA_IMAGE, "width": LLAVA_IMAGE})
+    return (LlavaNextVideoProcessor if video else image_only(LlavaNextVideoProcessor))(
+        video_processor=video_processor, image_processor=llava_next_image_processor(), tokenizer=tokenizer,
         chat_template=chat_template, patch_size=LLAVA_PATCH, vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
     )
