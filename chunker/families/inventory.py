@@ -68,13 +68,6 @@ PENDING = {
                             "target_sizes; its pixel_values pack every slice along the last axis, which no pixel "
                             "slicing rule cuts yet",
     "MiniCPMV4_7Processor": "slices `<slice>…</slice>` with a global image, counts from grids",
-    "MiniMaxM3VLProcessor": "learned, not yet listed in LEARNED: `]<]start of image[>[ ]<]image[>[×(t·h·w/merge²) "
-                            "]<]end of image[>[` (grid count; the processor writes the brackets itself), proven with "
-                            "torchvision on the real processor with a labelled ChatML stand-in template (spans equal "
-                            "its expansion, windows train exactly the answers, a tiny "
-                            "MiniMaxM3SparseForConditionalGeneration trains and naive truncation fails: "
-                            "tests/test_family_tv.py); tests/test_family_inventory_learned.py builds every LEARNED "
-                            "class without torchvision, which this one needs",
     "Molmo2Processor": "low- and high-resolution crops as rows `<im_patch>×w <im_col>` inside `<im_start>…<im_end>`",
     "MuseGlimmerProcessor": _TORCHVISION,
     "MuseSparkProcessor": _TORCHVISION,
@@ -119,6 +112,11 @@ LEARNED = {
     "CohereCompassProcessor": "learned `<|VISION_START|> <|IMAGE_PAD|>×(t·h·w/merge²) <|VISION_END|>` (grid count; "
                               "brackets the processor names itself, no template vendored): pre-tokenized rows and a "
                               "tiny CohereCompassForConditionalGeneration (tests/test_family_learned_e.py)",
+    "MiniMaxM3VLProcessor": "learned `]<]start of image[>[ ]<]image[>[×(t·h·w/merge²) ]<]end of image[>[` (grid count; "
+                            "the processor writes the brackets itself): the real processor with a labelled ChatML "
+                            "stand-in template, spans equal its expansion, windows train exactly the answers, a tiny "
+                            "MiniMaxM3SparseForConditionalGeneration trains and naive truncation fails "
+                            "(tests/test_family_tv.py; its image processor needs torchvision)",
     "JanusProcessor": "learned `<begin_of_image> <image_placeholder>×num_image_tokens <end_of_image>` (fixed count): "
                       "pre-tokenized rows and a tiny JanusForConditionalGeneration (tests/test_family_learned.py), and "
                       "conversation rows rendered by deepseek-community/Janus-Pro-1B's real template whose windows train "
