@@ -116,6 +116,18 @@ def merge_spans(a: Spans, b: Spans) -> Spans:
     return merged.take(np.argsort(merged.starts, kind="stable"))
 
 
+def first_overlap(spans: Spans) -> int | None:
+    """Index k of the first span that overlaps the next one (spans in text order), or None.
+
+    Example:
+        >>> one = lambda s, e: Spans(np.array(s), np.array(e), np.zeros(len(s), int), np.ones(len(s), int))
+        >>> first_overlap(one([0, 2, 9], [3, 8, 12])), first_overlap(one([0, 5], [3, 8]))
+        (0, None)
+    """
+    inside = np.flatnonzero(spans.starts[1:] < spans.ends[:-1])
+    return int(inside[0]) if len(inside) else None
+
+
 def split_runs(spans: Spans, item_counts, *, row=None) -> Spans:
     """Split placeholder runs (no brackets) into items of `item_counts` tokens each, in order.
 
@@ -365,13 +377,9 @@ def _with_audio(ids, spec, spans, row, at) -> Spans:
         return spans
     audio = at.of((spec.audio_token_id,))
     counts = np.searchsorted(audio, ends) - np.searchsorted(audio, starts)
-    merged = Spans(np.concatenate([spans.starts, starts]), np.concatenate([spans.ends, ends]),
-                   np.concatenate([spans.kinds, np.full(len(starts), AUDIO, np.int64)]),
-                   np.concatenate([spans.counts, counts]))
-    merged = merged.take(np.argsort(merged.starts, kind="stable"))
-    overlap = np.flatnonzero(merged.starts[1:] < merged.ends[:-1])
-    if len(overlap):
-        k = int(overlap[0])
+    merged = merge_spans(spans, Spans(starts, ends, np.full(len(starts), AUDIO, np.int64), counts))
+    k = first_overlap(merged)
+    if k is not None:
         raise SpanError(
             f"media spans [{int(merged.starts[k])}, {int(merged.ends[k])}) and [{int(merged.starts[k + 1])}, "
             f"{int(merged.ends[k + 1])}) overlap (an audio span inside an image or video span, or the reverse): "

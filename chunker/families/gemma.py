@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from ..spans import IMAGE, VIDEO, group_spans, merge_spans
+from ..spans import IMAGE, VIDEO, first_overlap, group_spans, merge_spans
 from ._base import FamilyAdapter, register, token_id
 from .sizes import image_settings
 
@@ -206,9 +206,8 @@ class Gemma4(FamilyAdapter):
                 "frames: give the tensors the processor made for this row's videos, in order", row=row,
             )
         merged = merge_spans(spans.take(~video), group_spans(spans.take(video), frames))
-        inside = np.flatnonzero(merged.starts[1:] < merged.ends[:-1])
-        if len(inside):
-            k = int(inside[0])
+        k = first_overlap(merged)
+        if k is not None:
             raise SpanError(
                 f"media spans [{int(merged.starts[k])}, {int(merged.ends[k])}) and [{int(merged.starts[k + 1])}, "
                 f"{int(merged.ends[k + 1])}) overlap: another media item lies between the frames of one video "
